@@ -1,0 +1,35 @@
+"""Command-line plumbing shared by train.py and evaluate.py: one-line errors."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, TypeVar
+
+from absl import flags
+
+from mmtjax.checkpointing import CheckpointError
+
+T = TypeVar('T')
+# Errors a user can cause (bad config, paths, checkpoints, data): reported in
+# one line, without a traceback.
+USER_ERRORS = (ValueError, CheckpointError, PermissionError, FileNotFoundError, FloatingPointError)
+
+
+def _fail(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with a one-line error (bad config file, arg or override)."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, ValueError, KeyError, AttributeError) as e:
+    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def run(fn: Callable[[], T]) -> T:
+  try:
+    return fn()
+  except USER_ERRORS as e:
+    _fail(str(e).splitlines()[0])

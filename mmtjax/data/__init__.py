@@ -1,0 +1,1 @@
+"""Datasets, episode sampling, transforms and the input pipeline."""

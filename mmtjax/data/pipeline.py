@@ -1,0 +1,129 @@
+"""From episodes to device batches: decode and augment in worker threads, prefetch.
+
+Host batches are dicts of numpy arrays with a leading [devices, per_device]
+shape:
+  support_images [D, b, K, S, S, 3] float32, support_labels [D, b, K, S, S] uint8,
+  query_images [D, b, S, S, 3] float32, query_labels [D, b, S, S] uint8,
+  class_id [D, b] int32, valid [D, b] bool (False for padding episodes).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import queue
+import threading
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from mmtjax.data import transforms
+from mmtjax.data.episodes import Episode, EpisodeSampler
+from mmtjax.models.inputs import check_inputs
+
+
+class EpisodeLoader:
+  """Turns episodes into arrays, reading records from a random-access source."""
+
+  def __init__(self, source, *, image_size: int, augment: bool, seed: int, num_workers: int = 4):
+    self.source = source
+    self.image_size = image_size
+    self.augment = augment
+    self.seed = seed
+    self.pool = concurrent.futures.ThreadPoolExecutor(max(1, num_workers))
+
+  def _example(self, index: int, class_id: int, rng: np.random.Generator | None):
+    record = self.source[index]
+    image = transforms.decode_png(record['image'], f'image of example {index}')
+    label = transforms.decode_png(record['label'], f'label of example {index}')
+    if image.ndim == 2:
+      image = np.repeat(image[..., None], 3, axis=-1)
+    image, label = transforms.resize(image[..., :3], label, self.image_size)
+    if rng is not None and rng.random() < 0.5:
+      image, label = transforms.hflip(image, label)
+    return transforms.normalize(image), transforms.class_mask(label, class_id)
+
+  def load(self, episode: Episode, key: Sequence[int]) -> dict[str, np.ndarray]:
+    """One episode; `key` seeds its augmentation (ignored without augmentation)."""
+    rng = np.random.default_rng([self.seed, *key, 1]) if self.augment else None
+    shots = [self._example(s, episode.class_id, rng) for s in episode.supports]
+    q_image, q_label = self._example(episode.query, episode.class_id, rng)
+    return {
+        'support_images': np.stack([s[0] for s in shots]),
+        'support_labels': np.stack([s[1] for s in shots]),
+        'query_images': q_image,
+        'query_labels': q_label,
+        'class_id': np.int32(episode.class_id),
+        'valid': np.bool_(True),
+    }
+
+  def batch(self, episodes: Sequence[Episode], keys: Sequence[Sequence[int]],
+            shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Stacks episodes into a [devices, per_device, ...] batch, padding with invalid copies."""
+    total = shape[0] * shape[1]
+    if len(episodes) > total:
+      raise ValueError(f'{len(episodes)} episodes do not fit a batch of {total}')
+    items = list(self.pool.map(self.load, episodes, keys))
+    while len(items) < total:
+      items.append({**items[0], 'valid': np.bool_(False)})
+    batch = {k: np.stack([it[k] for it in items]).reshape(*shape, *np.shape(items[0][k]))
+             for k in items[0]}
+    check_inputs(batch['support_images'], batch['support_labels'], batch['query_images'],
+                 batch['query_labels'])
+    return batch
+
+
+def train_batches(loader: EpisodeLoader, sampler: EpisodeSampler, *, start_step: int,
+                  num_steps: int, shape: tuple[int, int], offset: int = 0
+                  ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+  """(step, batch) for steps start_step..num_steps-1.
+
+  The global batch of a step is episodes 0..G-1 of that step; this host takes
+  the `shape[0] * shape[1]` of them starting at `offset` (multi-host slices).
+  """
+  n = shape[0] * shape[1]
+  for step in range(start_step, num_steps):
+    ids = range(offset, offset + n)
+    episodes = [sampler.episode(step, i) for i in ids]
+    yield step, loader.batch(episodes, [(step, i) for i in ids], shape)
+
+
+def eval_batches(loader: EpisodeLoader, episodes: Sequence[Episode], shape: tuple[int, int]
+                 ) -> Iterator[dict[str, np.ndarray]]:
+  """The fixed episode list in padded batches (padding has valid=False)."""
+  n = shape[0] * shape[1]
+  for start in range(0, len(episodes), n):
+    chunk = episodes[start:start + n]
+    yield loader.batch(chunk, [(-1, start + i) for i in range(len(chunk))], shape)
+
+
+def prefetch(iterator: Iterator, put: Callable, size: int = 2) -> Iterator:
+  """Runs `iterator` in a thread, applies `put` (host-to-device copy), keeps `size` ready.
+
+  Exceptions raised by the producer are re-raised in the consumer.
+  """
+  q: queue.Queue = queue.Queue(maxsize=size)
+  done = object()
+  stop = threading.Event()
+
+  def produce():
+    try:
+      for item in iterator:
+        if stop.is_set():
+          return
+        q.put(put(item))
+    except BaseException as e:  # Handed to the consumer.
+      q.put(e)
+    q.put(done)
+
+  thread = threading.Thread(target=produce, daemon=True)
+  thread.start()
+  try:
+    while True:
+      item = q.get()
+      if item is done:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()

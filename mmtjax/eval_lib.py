@@ -1,0 +1,91 @@
+"""Evaluation: a fixed, seeded episode list, mIoU / FB-IoU per memory mode, reports."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from mmtjax import checkpointing, parallel
+from mmtjax.data import datasets, pipeline
+from mmtjax.data.episodes import EpisodeSampler
+from mmtjax.metrics import SegmentationMeter
+from mmtjax.models import get_model
+from mmtjax.state import create_train_state
+
+MODES = {'memory_on': True, 'memory_off': False}
+
+
+def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
+                       split: datasets.SplitData) -> dict:
+  """Runs the test list with the memory transfer on and off (one mode for the baseline).
+
+  variables: replicated {'params', 'batch_stats', 'memory'}.
+  """
+  e = config.eval
+  n_dev = jax.local_device_count()
+  per_device = max(1, -(-e.batch_size // n_dev))
+  sampler = EpisodeSampler(split.index, split.classes, config.data.shot, seed=e.seed)
+  episodes = sampler.test_list(e.num_episodes)
+  loader = pipeline.EpisodeLoader(split.source, image_size=config.data.image_size,
+                                  augment=False, seed=e.seed, num_workers=config.data.num_workers)
+  modes = MODES if config.model.name == 'mmt' else {'memory_off': False}
+  steps = {name: parallel.make_eval_step(model, transfer) for name, transfer in modes.items()}
+  meters = {name: SegmentationMeter() for name in modes}
+  start = time.time()
+  batches = pipeline.eval_batches(loader, episodes, (n_dev, per_device))
+  for host, batch in pipeline.prefetch(batches, lambda b: (b, parallel.shard(b))):
+    for name, step in steps.items():
+      meters[name].add(host['class_id'], np.asarray(step(variables, batch)), host['valid'])
+  results = {name: m.result() for name, m in meters.items()}
+  return {'split': config.data.test_split, 'shot': config.data.shot,
+          'num_episodes': len(episodes), 'seconds': round(time.time() - start, 2),
+          'results': results}
+
+
+def format_report(report: dict) -> str:
+  """A plain-text table: one row per memory mode, one column per class."""
+  modes = list(report['results'])
+  classes = sorted({c for m in modes for c in report['results'][m]['per_class']}, key=int)
+  head = f"{'mode':<11} {'mIoU':>6} {'FB-IoU':>7} " + ' '.join(f'{"c" + c:>6}' for c in classes)
+  lines = [f"{report['split']}, {report['shot']}-shot, {report['num_episodes']} episodes", head]
+  for m in modes:
+    r = report['results'][m]
+    cells = ' '.join(f"{r['per_class'].get(c, float('nan')):6.1f}" for c in classes)
+    lines.append(f"{m:<11} {r['miou']:6.2f} {r['fb_iou']:7.2f} {cells}")
+  return '\n'.join(lines)
+
+
+def write_report(report: dict, path: str) -> None:
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(report, f, indent=2)
+  os.replace(tmp, path)
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None,
+             output: str | None = None) -> dict:
+  """Restores the checkpoint of `workdir` (latest, or `step`) and evaluates it."""
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(ckpt_dir):
+    raise checkpointing.CheckpointError(f'no checkpoints in {workdir} (expected {ckpt_dir})')
+  ckpts = checkpointing.Checkpoints(workdir, create=False)
+  step = ckpts.latest_step() if step is None else step
+  if step is None:
+    raise checkpointing.CheckpointError(f'no checkpoints in {ckpt_dir}')
+  ckpts.check_compatible(step, config)
+  model = get_model(config, axis_name=parallel.AXIS)
+  template, _ = create_train_state(model, config)
+  state = ckpts.restore(step, jax.device_get(template))
+  split = datasets.load_split(config.data, config.data.test_split, training=False)
+  logging.info('evaluating step %d on %s', step, config.data.test_split)
+  report = evaluate_variables(model, parallel.replicate(parallel.eval_variables(state)), config, split)
+  report['step'] = step
+  write_report(report, output or os.path.join(workdir, f'eval_step{step}.json'))
+  return report

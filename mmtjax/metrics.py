@@ -1,0 +1,58 @@
+"""Few-shot segmentation metrics: per-class mIoU and FB-IoU (HSNet/PATNet protocol)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmtjax import ops
+
+
+def episode_counts(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """[B, 4] int32 (fg intersection, fg union, bg intersection, bg union) per episode.
+
+  Logits [B, h, w, 2] are resized bilinearly to the labels [B, H, W]; 255
+  pixels are ignored.
+  """
+  logits = ops.resize_features(logits.astype(jnp.float32), labels.shape[1:3])
+  pred = jnp.argmax(logits, axis=-1)
+  valid = labels != ops.IGNORE_LABEL
+  out = []
+  for c in (1, 0):
+    p, t = (pred == c) & valid, (labels == c) & valid
+    out += [jnp.sum(p & t, axis=(1, 2)), jnp.sum(p | t, axis=(1, 2))]
+  return jnp.stack(out, axis=-1).astype(jnp.int32)
+
+
+class SegmentationMeter:
+  """Accumulates intersections and unions per class over episodes.
+
+  mIoU = 100 * mean over classes of (sum fg intersection / sum fg union);
+  FB-IoU = 100 * mean of the foreground and background IoU accumulated over
+  all episodes.
+  """
+
+  def __init__(self):
+    self.per_class: dict[int, np.ndarray] = {}
+    self.total = np.zeros(4, np.int64)
+    self.episodes = 0
+
+  def add(self, class_ids: np.ndarray, counts: np.ndarray, valid: np.ndarray) -> None:
+    """class_ids [N], counts [N, 4], valid [N] bool (padding is skipped)."""
+    for c, n, v in zip(np.asarray(class_ids).ravel(), np.asarray(counts).reshape(-1, 4),
+                       np.asarray(valid).ravel()):
+      if v:
+        self.per_class.setdefault(int(c), np.zeros(4, np.int64))
+        self.per_class[int(c)] += n
+        self.total += n
+        self.episodes += 1
+
+  def result(self) -> dict:
+    iou = {c: 100.0 * v[0] / max(v[1], 1) for c, v in sorted(self.per_class.items())}
+    fg = self.total[0] / max(self.total[1], 1)
+    bg = self.total[2] / max(self.total[3], 1)
+    return {'miou': float(np.mean(list(iou.values()))) if iou else float('nan'),
+            'fb_iou': float(50.0 * (fg + bg)),
+            'per_class': {str(c): float(v) for c, v in iou.items()},
+            'episodes': self.episodes}

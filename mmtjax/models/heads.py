@@ -1,0 +1,37 @@
+"""Segmentation heads shared by the models."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mmtjax import ops
+
+
+def shot_prototypes(support_feats: jax.Array, support_labels: jax.Array
+                    ) -> tuple[jax.Array, jax.Array]:
+  """Background and foreground prototypes, averaged over the K shots.
+
+  Args:
+    support_feats: [B, K, h, w, D] support features.
+    support_labels: [B, K, H, W] labels in {0, 1, 255} at image resolution;
+      255 pixels count as neither foreground nor background. The masks are
+      resized here to the feature size (area-weighted bilinear).
+
+  Returns:
+    (bg [B, D], fg [B, D]); an empty mask gives a zero prototype.
+  """
+  b, k, h, w, d = support_feats.shape
+  fg, valid = ops.binary_masks(support_labels.reshape(b * k, *support_labels.shape[2:]))
+  fg_small = ops.resize_mask(fg, (h, w))
+  bg_small = ops.resize_mask(valid - fg, (h, w))
+  feats = support_feats.reshape(b * k, h, w, d)
+  fg_proto = ops.masked_average_pool(feats, fg_small).reshape(b, k, d).mean(axis=1)
+  bg_proto = ops.masked_average_pool(feats, bg_small).reshape(b, k, d).mean(axis=1)
+  return bg_proto, fg_proto
+
+
+def prototype_logits(query_feats: jax.Array, bg: jax.Array, fg: jax.Array,
+                     scale: float) -> jax.Array:
+  """[B, h, w, D] query features, [B, D] prototypes -> [B, h, w, 2] (bg, fg) logits."""
+  return ops.cosine_map(query_feats, jnp.stack([bg, fg], axis=1), scale)

@@ -1,0 +1,140 @@
+"""MMT: backbone + style memory + prototype head, and the memory-free baseline."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmtjax import ops
+from mmtjax.models import backbones, heads
+from mmtjax.models.style_memory import StyleMemory
+
+
+class MMT(nn.Module):
+  """Meta-memory transfer for cross-domain few-shot segmentation.
+
+  The style memory sits on the output of `memory_stage`. In training every
+  image passes twice through the stages above it: with its own style and
+  re-styled by the memory (least similar item); both branches are segmented.
+  At test time `transfer=True` re-styles target features towards the most
+  similar stored source style; `transfer=False` skips the memory.
+  `use_memory=False` is the baseline: the same network without the memory.
+
+  Attributes:
+    backbone: backbone name (see backbones.get_backbone).
+    stem: ResNet stem override ('torchvision' or 'deep'), None for default.
+    output_stride: 8 or 32.
+    backbone_bn: 'batch' (BatchNorm uses and updates batch statistics in
+      training) or 'running' (always the running averages).
+    memory_stage: stage whose output the memory re-styles.
+    feature_stages: stages concatenated (at the finest of their resolutions)
+      and projected by a 1x1 conv to `embed_dim` for the prototype head.
+    dropout: channel dropout after the projection (Dropout2d).
+    cosine_scale: scale of the cosine logits (PANet: 20).
+    memory: keyword arguments of StyleMemory.
+  """
+
+  backbone: str = 'resnet_tiny'
+  stem: str | None = None
+  output_stride: int = 8
+  backbone_bn: str = 'batch'
+  memory_stage: str = 'layer2'
+  feature_stages: Sequence[str] = ('layer2', 'layer3')
+  embed_dim: int = 64
+  dropout: float = 0.5
+  cosine_scale: float = 20.0
+  use_memory: bool = True
+  memory: dict[str, Any] | None = None
+  axis_name: str | None = None
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    if self.backbone_bn not in ('batch', 'running'):
+      raise ValueError(f"backbone_bn must be 'batch' or 'running', got {self.backbone_bn!r}")
+    order = [backbones.STAGES.index(s) for s in self.feature_stages]
+    self._last_stage = backbones.STAGES[max(order)]
+    if backbones.STAGES.index(self.memory_stage) > max(order):
+      raise ValueError(f'memory_stage {self.memory_stage!r} lies above every feature stage '
+                       f'{tuple(self.feature_stages)}')
+    self.encoder = backbones.get_backbone(self.backbone, stem=self.stem,
+                                          output_stride=self.output_stride,
+                                          axis_name=self.axis_name, dtype=self.dtype)
+    if self.use_memory:
+      self.style_memory = StyleMemory(**(self.memory or {}), axis_name=self.axis_name)
+    self.neck = nn.Conv(self.embed_dim, (1, 1), use_bias=False, dtype=self.dtype)
+    self.drop = nn.Dropout(self.dropout, broadcast_dims=(1, 2))
+
+  def _encode(self, images, *, train: bool, restyle: str | None):
+    """Images [N, H, W, 3] -> (embeddings [M, h, w, D], orth_loss).
+
+    restyle None: M = N, no memory. 'target': M = N, transferred features.
+    'source' (training): M = 2N, the original images then the re-styled ones.
+    """
+    train_bn = train and self.backbone_bn == 'batch'
+    low = self.encoder(images, train_bn=train_bn, stop=self.memory_stage)
+    orth = jnp.zeros((), jnp.float32)
+    if restyle is not None:
+      f = low[self.memory_stage]
+      f_new, aux = self.style_memory(f, domain=restyle, train=train)
+      orth = aux['orth_loss']
+      if restyle == 'source':
+        low = {k: jnp.concatenate([v, v], axis=0) for k, v in low.items()}
+        f_new = jnp.concatenate([f, f_new], axis=0)
+      low[self.memory_stage] = f_new
+    feats = dict(low)
+    if self.memory_stage != self._last_stage:
+      start = backbones.STAGES[backbones.STAGES.index(self.memory_stage) + 1]
+      feats.update(self.encoder(low[self.memory_stage], train_bn=train_bn, start=start,
+                                stop=self._last_stage))
+    chosen = [feats[s] for s in self.feature_stages]
+    size = max((x.shape[1:3] for x in chosen), key=lambda hw: hw[0] * hw[1])
+    x = jnp.concatenate([ops.resize_features(c, size) for c in chosen], axis=-1)
+    x = nn.relu(self.neck(x))
+    return self.drop(x, deterministic=not train), orth
+
+  def _segment(self, emb, b, k, support_labels):
+    """Embeddings of B*K supports then B queries -> (logits [B, h, w, 2], fg [B, D])."""
+    h, w, d = emb.shape[1:]
+    support = emb[:b * k].reshape(b, k, h, w, d)
+    query = emb[b * k:]
+    bg, fg = heads.shot_prototypes(support, support_labels)
+    return heads.prototype_logits(query, bg, fg, self.cosine_scale).astype(jnp.float32), fg
+
+  def __call__(self, support_images: jax.Array, support_labels: jax.Array,
+               query_images: jax.Array, *, train: bool, transfer: bool = True
+               ) -> dict[str, jax.Array]:
+    """One batch of episodes.
+
+    Args:
+      support_images: [B, K, H, W, 3] float32 (normalised).
+      support_labels: [B, K, H, W] uint8/int32 in {0, 1, 255}.
+      query_images: [B, H, W, 3].
+      train: training mode (dropout, BatchNorm statistics, memory update).
+      transfer: at test time, re-style features with the memory.
+
+    Returns:
+      'logits' [B, h, w, 2] (feature resolution), 'orth_loss' []; in training
+      with the memory also 'logits_orig' and the foreground prototypes
+      'proto_orig', 'proto_enh' [B, D] of the two branches.
+    """
+    b, k = support_images.shape[:2]
+    images = jnp.concatenate([support_images.reshape(b * k, *support_images.shape[2:]),
+                              query_images], axis=0).astype(self.dtype)
+    if not self.use_memory:
+      restyle = None
+    elif train:
+      restyle = 'source'
+    else:
+      restyle = 'target' if transfer else None
+    emb, orth = self._encode(images, train=train, restyle=restyle)
+    if restyle != 'source':
+      logits, _ = self._segment(emb, b, k, support_labels)
+      return {'logits': logits, 'orth_loss': orth}
+    n = images.shape[0]
+    logits_orig, proto_orig = self._segment(emb[:n], b, k, support_labels)
+    logits, proto_enh = self._segment(emb[n:], b, k, support_labels)
+    return {'logits': logits, 'logits_orig': logits_orig, 'proto_orig': proto_orig,
+            'proto_enh': proto_enh, 'orth_loss': orth}

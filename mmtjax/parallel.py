@@ -1,0 +1,127 @@
+"""The one place that compiles steps (jax.pmap over axis 'batch') and shards batches.
+
+Since JAX 0.8 pmap runs on jit(shard_map); replicated state is therefore a
+jax.Array with a leading device axis, laid out with a NamedSharding over the
+local devices (no deprecated device_put_replicated / x[0] idioms).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from mmtjax import losses, metrics
+from mmtjax.state import MODEL_COLLECTIONS, TrainState
+
+AXIS = 'batch'
+
+
+def local_sharding(devices=None) -> NamedSharding:
+  """Leading axis split over `devices` (default: this process's devices)."""
+  mesh = Mesh(np.asarray(devices or jax.local_devices()), (AXIS,))
+  return NamedSharding(mesh, PartitionSpec(AXIS))
+
+
+def replicate(tree: Any, devices=None) -> Any:
+  """Host pytree -> one copy per device, as [devices, ...] arrays."""
+  devices = devices or jax.local_devices()
+  sharding = local_sharding(devices)
+
+  def put(x):
+    x = np.asarray(x)
+    shards = [jax.device_put(x[None], d) for d in devices]
+    return jax.make_array_from_single_device_arrays((len(devices), *x.shape), sharding, shards)
+
+  return jax.tree.map(put, tree)
+
+
+def unreplicate(tree: Any) -> Any:
+  """The first device's copy of replicated state, as host numpy arrays."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
+
+
+def shard(batch: Any, devices=None) -> Any:
+  """Host batch with leading [devices, ...] -> device arrays, one slice per device."""
+  return jax.device_put(batch, local_sharding(devices))
+
+
+def check_divisible(global_batch: int, num_devices: int) -> int:
+  """Episodes per device; a clear error when the batch does not split evenly."""
+  if global_batch % num_devices:
+    raise ValueError(f'global batch of {global_batch} episodes is not divisible by '
+                     f'{num_devices} devices')
+  return global_batch // num_devices
+
+
+def _freeze(params, labels):
+  # Frozen parameters are constants inside the step: no backward pass through them.
+  return jax.tree.map(lambda p, lab: jax.lax.stop_gradient(p) if lab == 'frozen' else p,
+                      params, labels)
+
+
+def make_train_step(model, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+                    schedule: optax.Schedule, labels: Any, devices=None) -> Callable:
+  """pmap'd (state, batch) -> (state, metrics); the state buffers are donated.
+
+  Gradients and metrics are averaged over devices; BatchNorm statistics are
+  synchronised inside the model (axis_name) and the style memory gathers
+  statistics from every device, so all replicas stay identical and the step
+  equals a single-device step on the global batch.
+  """
+  weights = dict(config.loss)
+
+  def step_fn(state: TrainState, batch):
+    rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
+                             jax.lax.axis_index(AXIS))
+
+    def loss_fn(params):
+      variables = {'params': _freeze(params, labels), **state.model_state}
+      outputs, new_model_state = model.apply(
+          variables, batch['support_images'], batch['support_labels'], batch['query_images'],
+          train=True, rngs={'dropout': rng}, mutable=list(MODEL_COLLECTIONS))
+      loss, terms = losses.total_loss(outputs, batch['query_labels'], weights, AXIS)
+      return loss, (terms, new_model_state)
+
+    (loss, (terms, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = jax.lax.pmean(grads, AXIS)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    stats = {'loss': loss, **{f'loss_{k}': v for k, v in terms.items()}}
+    stats = jax.lax.pmean(stats, AXIS)
+    stats['lr'] = schedule(state.step)
+    stats['grad_norm'] = optax.global_norm(grads)
+    stats['param_norm'] = optax.global_norm(params)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              model_state={c: new_model_state.get(c, state.model_state[c])
+                                           for c in MODEL_COLLECTIONS})
+    return new_state, stats
+
+  return jax.pmap(step_fn, axis_name=AXIS, donate_argnums=(0,), devices=devices)
+
+
+def make_eval_step(model, transfer: bool) -> Callable:
+  """pmap'd (variables, batch) -> [devices, per_device, 4] counts (see metrics)."""
+
+  def step_fn(variables, batch):
+    out = model.apply(variables, batch['support_images'], batch['support_labels'],
+                      batch['query_images'], train=False, transfer=transfer)
+    return metrics.episode_counts(out['logits'], batch['query_labels'])
+
+  return jax.pmap(step_fn, axis_name=AXIS)
+
+
+def eval_variables(state: TrainState) -> dict:
+  """The variables an eval step reads, from a (replicated) TrainState."""
+  return {'params': state.params, **state.model_state}
+
+
+def host_scalars(tree: Any) -> dict[str, float]:
+  """Replicated scalar metrics -> python floats (one transfer)."""
+  return {k: float(v) for k, v in unreplicate(tree).items()}
+

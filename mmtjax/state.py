@@ -1,0 +1,82 @@
+"""TrainState and the optimiser (with frozen parameters masked out)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+MODEL_COLLECTIONS = ('batch_stats', 'memory')
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything training needs to continue exactly: checkpointed whole."""
+  step: jax.Array  # [] int32
+  params: Any
+  opt_state: Any
+  model_state: Any  # {'batch_stats': ..., 'memory': ...}
+  rng: jax.Array  # [2] uint32 raw key
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Linear warm-up, then poly decay lr * (1 - t/T)^power (PFENet/MM-Net use power 0.9)."""
+  t = config.train
+  decay = optax.polynomial_schedule(t.lr, 0.0, t.poly_power, max(1, t.num_steps - t.warmup_steps))
+  if t.warmup_steps <= 0:
+    return decay
+  warmup = optax.linear_schedule(0.0, t.lr, t.warmup_steps)
+  return optax.join_schedules([warmup, decay], [t.warmup_steps])
+
+
+def trainable_labels(params: Any, config: ml_collections.ConfigDict) -> Any:
+  """'frozen' for backbone ('encoder') parameters when the backbone is frozen, else 'train'."""
+  frozen = config.model.freeze_backbone
+
+  def label(path, _):
+    top = getattr(path[0], 'key', None)
+    return 'frozen' if frozen and top == 'encoder' else 'train'
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, params: Any) -> optax.GradientTransformation:
+  t = config.train
+  schedule = learning_rate_schedule(config)
+  if t.optimizer == 'sgd':
+    tx = optax.chain(optax.add_decayed_weights(t.weight_decay),
+                     optax.sgd(schedule, momentum=t.momentum))
+  elif t.optimizer == 'adamw':
+    tx = optax.adamw(schedule, weight_decay=t.weight_decay)
+  else:
+    raise ValueError(f"train.optimizer must be 'sgd' or 'adamw', got {t.optimizer!r}")
+  if t.grad_clip > 0:
+    tx = optax.chain(optax.clip_by_global_norm(t.grad_clip), tx)
+  # Frozen parameters get no update and no optimizer state.
+  return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()},
+                               trainable_labels(params, config))
+
+
+def init_variables(model, config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
+  """Initialises the model on a dummy 1-episode batch (host, no axis)."""
+  s, k = config.data.image_size, config.data.shot
+  return model.init({'params': rng}, jnp.zeros((1, k, s, s, 3)), jnp.zeros((1, k, s, s), jnp.uint8),
+                    jnp.zeros((1, s, s, 3)), train=False)
+
+
+def create_train_state(model, config: ml_collections.ConfigDict) -> tuple[TrainState, optax.GradientTransformation]:
+  """A fresh TrainState for `model` and its optimiser."""
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, rng = jax.random.split(rng)
+  variables = jax.jit(lambda r: init_variables(model, config, r))(init_rng)
+  params = variables['params']
+  tx = make_optimizer(config, params)
+  model_state = {c: variables.get(c, {}) for c in MODEL_COLLECTIONS}
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                     model_state=model_state, rng=rng)
+  return state, tx

@@ -1,0 +1,42 @@
+"""Test setup: 4 fake CPU devices, set before JAX starts."""
+
+import os
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=4').strip()
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update('jax_enable_x64', False)
+
+
+@pytest.fixture(scope='session')
+def tfds_dir(tmp_path_factory):
+  """A data dir holding the tiny embedded dataset, built once per session."""
+  path = tmp_path_factory.mktemp('tfds')
+  from mmtjax.data.builders import embedded
+  embedded.load_builder('tiny', str(path))
+  return str(path)
+
+
+def tiny_config(tfds_dir, arg=''):
+  """The default config shrunk for tests: 32 px tiny data, a few steps."""
+  from configs import default
+  config = default.get_config(arg)
+  config.data.builder_config = 'tiny'
+  config.data.data_dir = tfds_dir
+  config.data.image_size = 32
+  config.data.min_pixels = 4
+  config.data.num_workers = 2
+  config.model.embed_dim = 16
+  config.memory.num_items = 4
+  config.train.batch_size = 4
+  config.train.num_steps = 4
+  config.train.warmup_steps = 1
+  config.train.log_every = 2
+  config.train.checkpoint_every = 2
+  config.eval.num_episodes = 12
+  config.eval.batch_size = 4
+  return config

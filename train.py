@@ -1,0 +1,26 @@
+r"""Trains a few-shot segmenter, resuming from the latest checkpoint in --workdir.
+
+  python train.py --config configs/default.py --workdir /tmp/mmt
+  python train.py --config configs/default.py:shot=5 --workdir /tmp/mmt5 \
+      --config.train.num_steps=1000
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from mmtjax import cli
+from mmtjax.train_lib import train_and_evaluate
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file[:args].', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  cli.run(lambda: train_and_evaluate(_CONFIG.value, _WORKDIR.value))
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.parse_flags)
