@@ -13,8 +13,9 @@ Measured result: see README.md (Quickstart) for the wall time and mIoU of
 this command on a 2-core CPU.
 """
 
-from mmtjax import config_lib
 import ml_collections
+
+from mmtjax import config_lib
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -53,7 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_workers=4,
   )
   config.train = dict(
-      num_steps=600,
+      num_steps=2000,
       batch_size=8,               # episodes per step, split over the devices
       optimizer='adamw',
       lr=2e-3,
@@ -62,8 +63,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       poly_power=0.9,
       warmup_steps=50,
       grad_clip=0.0,
-      log_every=50,
-      checkpoint_every=200,
+      log_every=100,
+      checkpoint_every=500,
       max_to_keep=2,
   )
   config.eval = dict(num_episodes=300, batch_size=16, seed=0)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from absl import flags
 
@@ -16,7 +17,9 @@ USER_ERRORS = (ValueError, CheckpointError, PermissionError, FileNotFoundError, 
 
 
 def _fail(message: str) -> None:
-  print(f'error: {message}', file=sys.stderr)
+  # Always one line: nested errors (absl wraps config-file errors) are joined.
+  line = ' '.join(part.strip() for part in message.splitlines() if part.strip())
+  print(f'error: {line}', file=sys.stderr)
   sys.exit(2)
 
 
@@ -25,11 +28,11 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except (flags.Error, ValueError, KeyError, AttributeError) as e:
-    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    _fail(str(e) or type(e).__name__)
 
 
 def run(fn: Callable[[], T]) -> T:
   try:
     return fn()
   except USER_ERRORS as e:
-    _fail(str(e).splitlines()[0])
+    _fail(str(e))

@@ -7,10 +7,10 @@ local devices (no deprecated device_put_replicated / x[0] idioms).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax

@@ -11,7 +11,6 @@ import time
 
 import jax
 import ml_collections
-import numpy as np
 
 from mmtjax import checkpointing, config_lib, eval_lib, parallel
 from mmtjax.data import datasets, pipeline

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import queue
 import threading
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 

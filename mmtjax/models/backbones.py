@@ -9,7 +9,8 @@ layer3 and layer4 keep stride 1 and dilate their 3x3 convs by 2 and 4.
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
