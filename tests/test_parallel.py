@@ -72,3 +72,26 @@ def test_four_devices_equal_one_device_on_global_batch():
 def test_indivisible_global_batch_is_a_clear_error():
   with pytest.raises(ValueError, match='not divisible by 4 devices'):
     parallel.check_divisible(6, 4)
+
+
+def test_frozen_backbone_gets_no_update_and_no_optimizer_state():
+  config = _config()
+  config.model.freeze_backbone = True
+  config.train.optimizer = 'adamw'
+  model = get_model(config, axis_name=parallel.AXIS)
+  state, tx = create_train_state(model, config)
+  opt_leaves = jax.tree.leaves(state.opt_state)
+  head = {k: v for k, v in state.params.items() if k != 'encoder'}
+  n_train = sum(x.size for x in jax.tree.leaves(head))
+  # AdamW keeps two moments per trainable parameter (plus counters), none for the encoder.
+  assert sum(x.size for x in opt_leaves) <= 2 * n_train + 8
+  devs = jax.local_devices()[:1]
+  step = parallel.make_train_step(model, tx, config, learning_rate_schedule(config),
+                                  trainable_labels(state.params, config), devices=devs)
+  before = jax.device_get(state.params)
+  batch = {k: v[None] for k, v in _global_batch(2).items()}
+  new, _ = step(parallel.replicate(state, devs), parallel.shard(batch, devs))
+  after = parallel.unreplicate(new.params)
+  for x, y in zip(jax.tree.leaves(before['encoder']), jax.tree.leaves(after['encoder'])):
+    np.testing.assert_array_equal(x, y)
+  assert not np.allclose(before['neck']['kernel'], after['neck']['kernel'])
