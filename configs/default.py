@@ -9,8 +9,9 @@ Variants: `configs/default.py:shot=5`, `:model=baseline`, `:fold=0` (in-domain:
 train on 15 source classes, test on the fold's 5 novel source classes), and
 any field with `--config.train.num_steps=100`.
 
-Measured result: see README.md (Quickstart) for the wall time and mIoU of
-this command on a 2-core CPU.
+Measured on a 2-core CPU (README, Quickstart): 1 min 47 s with evaluation;
+target 1-shot mIoU 23.53 with the memory transfer on, 19.71 off (300
+episodes, seed 0). `:model=baseline` reaches 16.91.
 """
 
 import ml_collections
