@@ -98,10 +98,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f'train {config.data.train_split} ({len(train_split.classes)} classes) -> '
         f'test {config.data.test_split} ({len(test_split.classes)} classes)', flush=True)
 
+  labels = trainable_labels(state.params, config)
   rstate = parallel.replicate(state)
   del state
-  step_fn = parallel.make_train_step(model, tx, config, learning_rate_schedule(config),
-                                     trainable_labels(jax.device_get(rstate.params), config))
+  step_fn = parallel.make_train_step(model, tx, config, learning_rate_schedule(config), labels)
   sampler = EpisodeSampler(train_split.index, train_split.classes, config.data.shot, config.seed)
   loader = pipeline.EpisodeLoader(train_split.source, image_size=config.data.image_size,
                                   augment=config.data.augment, seed=config.seed,

@@ -82,7 +82,9 @@ class MMT(nn.Module):
       f_new, aux = self.style_memory(f, domain=restyle, train=train)
       orth = aux['orth_loss']
       if restyle == 'source':
-        low = {k: jnp.concatenate([v, v], axis=0) for k, v in low.items()}
+        # Only the stages the neck reads are needed for both branches.
+        low = {k: jnp.concatenate([v, v], axis=0) for k, v in low.items()
+               if k in self.feature_stages}
         f_new = jnp.concatenate([f, f_new], axis=0)
       low[self.memory_stage] = f_new
     feats = dict(low)
