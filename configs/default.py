@@ -15,6 +15,7 @@ episodes, seed 0). `:model=baseline` reaches 16.91.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from mmtjax import config_lib
 
@@ -28,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = dict(
       name=arg.model,            # 'mmt' or 'baseline' (same network, no memory)
       backbone='resnet_tiny',
-      stem=None,                 # ResNet stem override: 'torchvision' or 'deep'
+      stem=config_dict.placeholder(str),  # ResNet stem override: 'torchvision' or 'deep'
       output_stride=8,
       backbone_bn='batch',       # 'batch' or 'running'
       freeze_backbone=False,     # the tiny backbone has no pretrained weights
@@ -44,12 +45,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = dict(
       dataset='mmtjax_shapes',
       builder_config='default',
-      data_dir=None,              # tfds data dir; None: $TFDS_DATA_DIR or ~/tensorflow_datasets
+      data_dir=config_dict.placeholder(str),  # tfds data dir; None: $TFDS_DATA_DIR or ~/tensorflow_datasets
       image_size=64,
       shot=arg.shot,
       fold=arg.fold,
       train_split='source_train',
       test_split='target_test' if arg.fold < 0 else 'source_test',
+      # Validation for the best checkpoint: held-out source images (never the
+      # target domain); with a fold, its novel classes.
+      val_split='source_test',
       min_pixels=48,              # PFENet's rule is 2*32*32 at 473 px; scaled to 96 px images
       augment=True,
       num_workers=4,
@@ -67,6 +71,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       log_every=100,
       checkpoint_every=500,
       max_to_keep=2,
+      eval_every=1000,            # validation mIoU -> checkpoints_best/ (0: off)
   )
-  config.eval = dict(num_episodes=300, batch_size=16, seed=0)
+  # Test episodes use `seed`; validation episodes use seed + 1.
+  config.eval = dict(num_episodes=300, batch_size=16, seed=0, val_episodes=100)
   return ml_collections.ConfigDict(config)

@@ -10,7 +10,6 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 
 from mmtjax import checkpointing, parallel
 from mmtjax.data import datasets, pipeline
@@ -23,28 +22,34 @@ MODES = {'memory_on': True, 'memory_off': False}
 
 
 def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
-                       split: datasets.SplitData) -> dict:
-  """Runs the test list with the memory transfer on and off (one mode for the baseline).
+                       split: datasets.SplitData, *, split_name: str | None = None,
+                       num_episodes: int | None = None, seed: int | None = None,
+                       modes: dict[str, bool] | None = None, devices=None) -> dict:
+  """Runs a fixed, seeded episode list with the memory transfer on and off.
 
-  variables: replicated {'params', 'batch_stats', 'memory'}.
+  variables: replicated {'params', 'batch_stats', 'memory'} over `devices`
+  (default: the local devices). Defaults: the config's test split, episode
+  count and seed; both modes for mmt, memory_off for the other models.
   """
   e = config.eval
-  n_dev = jax.local_device_count()
+  n_dev = len(devices) if devices else jax.local_device_count()
   per_device = max(1, -(-e.batch_size // n_dev))
-  sampler = EpisodeSampler(split.index, split.classes, config.data.shot, seed=e.seed)
-  episodes = sampler.test_list(e.num_episodes)
+  sampler = EpisodeSampler(split.index, split.classes, config.data.shot,
+                           seed=e.seed if seed is None else seed)
+  episodes = sampler.test_list(e.num_episodes if num_episodes is None else num_episodes)
   loader = pipeline.EpisodeLoader(split.source, image_size=config.data.image_size,
                                   augment=False, seed=e.seed, num_workers=config.data.num_workers)
-  modes = MODES if config.model.name == 'mmt' else {'memory_off': False}
-  steps = {name: parallel.make_eval_step(model, transfer) for name, transfer in modes.items()}
+  if modes is None:
+    modes = MODES if config.model.name == 'mmt' else {'memory_off': False}
+  steps = {name: parallel.make_eval_step(model, transfer, devices) for name, transfer in modes.items()}
   meters = {name: SegmentationMeter() for name in modes}
   start = time.time()
   batches = pipeline.eval_batches(loader, episodes, (n_dev, per_device))
-  for host, batch in pipeline.prefetch(batches, lambda b: (b, parallel.shard(b))):
+  for host, batch in pipeline.prefetch(batches, lambda b: (b, parallel.shard(b, devices))):
     for name, step in steps.items():
-      meters[name].add(host['class_id'], np.asarray(step(variables, batch)), host['valid'])
+      meters[name].add(host['class_id'], parallel.local_array(step(variables, batch)), host['valid'])
   results = {name: m.result() for name, m in meters.items()}
-  return {'split': config.data.test_split, 'shot': config.data.shot,
+  return {'split': split_name or config.data.test_split, 'shot': config.data.shot,
           'num_episodes': len(episodes), 'seconds': round(time.time() - start, 2),
           'results': results}
 
@@ -70,12 +75,17 @@ def write_report(report: dict, path: str) -> None:
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None,
-             output: str | None = None) -> dict:
-  """Restores the checkpoint of `workdir` (latest, or `step`) and evaluates it."""
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
+             output: str | None = None, best: bool = False) -> dict:
+  """Restores a checkpoint of `workdir` (latest, `step`, or the best-by-validation one) and
+  evaluates it on the config's test episodes."""
+  subdir = checkpointing.BEST_SUBDIR if best else checkpointing.SUBDIR
+  ckpt_dir = os.path.join(workdir, subdir)
   if not os.path.isdir(ckpt_dir):
     raise checkpointing.CheckpointError(f'no checkpoints in {workdir} (expected {ckpt_dir})')
-  ckpts = checkpointing.Checkpoints(workdir, create=False)
+  ckpts = checkpointing.Checkpoints(workdir, create=False, subdir=subdir)
+  if step is not None and step not in ckpts.all_steps():
+    raise checkpointing.CheckpointError(f'no checkpoint for step {step} in {ckpt_dir}; '
+                                        f'available: {ckpts.all_steps()}')
   step = ckpts.latest_step() if step is None else step
   if step is None:
     raise checkpointing.CheckpointError(f'no checkpoints in {ckpt_dir}')
@@ -87,5 +97,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | Non
   logging.info('evaluating step %d on %s', step, config.data.test_split)
   report = evaluate_variables(model, parallel.replicate(parallel.eval_variables(state)), config, split)
   report['step'] = step
-  write_report(report, output or os.path.join(workdir, f'eval_step{step}.json'))
+  report['checkpoint'] = subdir
+  name = f'eval_best_step{step}.json' if best else f'eval_step{step}.json'
+  if jax.process_index() == 0:
+    write_report(report, output or os.path.join(workdir, name))
   return report

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -43,7 +44,18 @@ def replicate(tree: Any, devices=None) -> Any:
 
 def unreplicate(tree: Any) -> Any:
   """The first device's copy of replicated state, as host numpy arrays."""
-  return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
+  # A copy: the device buffers may be donated to the next step while the host
+  # copy is still being written by an asynchronous checkpoint.
+  return jax.tree.map(lambda x: np.array(x.addressable_shards[0].data)[0], tree)
+
+
+def local_array(x: jax.Array) -> np.ndarray:
+  """This process's [local_devices, ...] part of a pmap output, on the host.
+
+  (np.asarray works only when every shard is addressable, i.e. one process.)
+  """
+  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+  return np.concatenate([np.asarray(s.data) for s in shards])
 
 
 def shard(batch: Any, devices=None) -> Any:
@@ -73,6 +85,11 @@ def make_train_step(model, tx: optax.GradientTransformation, config: ml_collecti
   synchronised inside the model (axis_name) and the style memory gathers
   statistics from every device, so all replicas stay identical and the step
   equals a single-device step on the global batch.
+
+  NaN/Inf guard: when the loss, a loss term or the gradient norm is not
+  finite, the step returns the input state unchanged (step counter included)
+  and metrics['finite'] = 0, so a non-finite step never reaches a checkpoint;
+  the host stops at its next check (train_lib).
   """
   weights = dict(config.loss)
 
@@ -100,12 +117,16 @@ def make_train_step(model, tx: optax.GradientTransformation, config: ml_collecti
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               model_state={c: new_model_state.get(c, state.model_state[c])
                                            for c in MODEL_COLLECTIONS})
+    finite = jnp.all(jnp.isfinite(jnp.stack([stats[k] for k in stats if k.startswith('loss')] +
+                                            [stats['grad_norm']])))
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    stats['finite'] = finite.astype(jnp.float32)
     return new_state, stats
 
   return jax.pmap(step_fn, axis_name=AXIS, donate_argnums=(0,), devices=devices)
 
 
-def make_eval_step(model, transfer: bool) -> Callable:
+def make_eval_step(model, transfer: bool, devices=None) -> Callable:
   """pmap'd (variables, batch) -> [devices, per_device, 4] counts (see metrics)."""
 
   def step_fn(variables, batch):
@@ -113,7 +134,7 @@ def make_eval_step(model, transfer: bool) -> Callable:
                       batch['query_images'], train=False, transfer=transfer)
     return metrics.episode_counts(out['logits'], batch['query_labels'])
 
-  return jax.pmap(step_fn, axis_name=AXIS)
+  return jax.pmap(step_fn, axis_name=AXIS, devices=devices)
 
 
 def eval_variables(state: TrainState) -> dict:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
+from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
 
 from mmtjax import checkpointing, config_lib, eval_lib, parallel
 from mmtjax.data import datasets, pipeline
@@ -27,6 +33,12 @@ def prepare_workdir(workdir: str) -> None:
       pass
   except OSError as e:
     raise PermissionError(f'workdir {workdir} is not writable: {e.strerror}') from None
+
+
+def say(message: str) -> None:
+  """Console output from process 0 only."""
+  if jax.process_index() == 0:
+    print(message, flush=True)
 
 
 def _format_duration(seconds: float) -> str:
@@ -57,76 +69,177 @@ class _Log:
     terms = ' '.join(f'{k[5:]} {v:.4f}' for k, v in stats.items() if k.startswith('loss_'))
     bar_len = 20
     filled = int(bar_len * step / self.total)
-    print(f'[{"#" * filled}{"." * (bar_len - filled)}] step {step}/{self.total} | '
-          f'loss {stats["loss"]:.4f} ({terms}) | lr {stats["lr"]:.2e} | '
-          f'{rate:.1f} episodes/s | ETA {_format_duration(eta)}', flush=True)
+    say(f'[{"#" * filled}{"." * (bar_len - filled)}] step {step}/{self.total} | '
+        f'loss {stats["loss"]:.4f} ({terms}) | lr {stats["lr"]:.2e} | '
+        f'{rate:.1f} episodes/s | ETA {_format_duration(eta)}')
     self.write({'step': step, 'time': now, 'episodes_per_s': rate, **stats})
 
 
-def _check_finite(step: int, stats: dict) -> None:
-  for name, value in stats.items():
-    if not math.isfinite(value):
-      raise FloatingPointError(f'{name} is {value} at step {step}; stopping (the last '
-                               f'checkpoint is kept as it was)')
+def _first_nonfinite(pending: list[tuple[int, dict]]) -> tuple[int, str, float] | None:
+  """(step, term, value) of the first non-finite step among the unchecked steps, or None."""
+  for done, stats in pending:
+    host = parallel.host_scalars(stats)
+    if host['finite'] < 1:
+      terms = sorted((k for k in host if k.startswith('loss_')), key=lambda k: k) + ['loss', 'grad_norm']
+      name = next((k for k in terms if not math.isfinite(host[k])), 'loss')
+      return done, name, host[name]
+  return None
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (resuming from workdir's latest checkpoint), then evaluates on the test split."""
+class StopSignal:
+  """Turns SIGTERM (preemption) into a flag the training loop polls.
+
+  In a multi-process run the processes agree on the flag every
+  `sync_every` steps (one tiny all-gather), so they stop at the same step.
+  """
+
+  def __init__(self, sync_every: int = 10):
+    self.received: int | None = None
+    self.sync_every = sync_every
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signum
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() == 1:
+      return self.received is not None
+    if step % self.sync_every:
+      return False
+    flags = multihost_utils.process_allgather(np.int32(self.received is not None))
+    return bool(np.any(flags))
+
+
+def _validate(model, rstate, config, val_split, devices) -> float:
+  """mIoU on the validation episodes (memory transfer on for mmt), for the best checkpoint."""
+  mode = 'memory_on' if config.model.name == 'mmt' else 'memory_off'
+  report = eval_lib.evaluate_variables(
+      model, parallel.eval_variables(rstate), config, val_split, split_name=config.data.val_split,
+      num_episodes=config.eval.val_episodes, seed=config.eval.seed + 1,
+      modes={mode: eval_lib.MODES[mode]}, devices=devices)
+  return report['results'][mode]['miou']
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
+          stop_after_steps: int | None = None) -> tuple[Any, Any, int]:
+  """Trains, resuming from workdir's newest readable checkpoint.
+
+  devices: this process's devices to train on (default: all local devices).
+  stop_after_steps: train at most this many steps in this run, then checkpoint
+    (the next run resumes exactly there; for time-limited jobs).
+  Returns (model, replicated TrainState, last step done); the last step is
+  below config.train.num_steps when stopped early (SIGTERM or stop_after_steps).
+  """
   config_lib.validate(config)
   prepare_workdir(workdir)
   t = config.train
+  if devices is not None and jax.process_count() > 1:
+    raise ValueError('devices= selects devices of a single-process run; multi-process runs use all')
+  n_dev = len(devices) if devices else jax.local_device_count()
+  per_device = parallel.check_divisible(t.batch_size, n_dev * jax.process_count())
   ckpts = checkpointing.Checkpoints(workdir, max_to_keep=t.max_to_keep)
-  latest = ckpts.latest_step()
-  if latest is not None:
-    ckpts.check_compatible(latest, config)
-
-  n_dev = jax.local_device_count()
-  per_device = parallel.check_divisible(t.batch_size // jax.process_count(), n_dev)
+  best_ckpts = (checkpointing.Checkpoints(workdir, subdir=checkpointing.BEST_SUBDIR, best_metric='miou')
+                if t.eval_every > 0 else None)
   train_split = datasets.load_split(config.data, config.data.train_split, training=True)
-  test_split = datasets.load_split(config.data, config.data.test_split, training=False)
+  val_split = (datasets.load_split(config.data, config.data.val_split, training=False)
+               if best_ckpts else None)
 
   model = get_model(config, axis_name=parallel.AXIS)
   state, tx = create_train_state(model, config)
+  latest, restored = ckpts.restore_latest(jax.device_get(state), config)
   if latest is not None:
-    state = ckpts.restore(latest, jax.device_get(state))
+    state = restored
     logging.info('resumed from %s at step %d', ckpts.directory, latest)
-    print(f'resuming from step {latest} ({ckpts.directory})', flush=True)
+    say(f'resuming from step {latest} ({ckpts.directory})')
   start = int(state.step)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  print(f'model {config.model.name} ({config.model.backbone}, {n_params / 1e6:.2f}M params) | '
-        f'{n_dev} device(s) x {per_device} episodes | {config.data.shot}-shot | '
-        f'train {config.data.train_split} ({len(train_split.classes)} classes) -> '
-        f'test {config.data.test_split} ({len(test_split.classes)} classes)', flush=True)
+  say(f'model {config.model.name} ({config.model.backbone}, {n_params / 1e6:.2f}M params) | '
+      f'{jax.process_count()} process(es) x {n_dev} device(s) x {per_device} episodes | '
+      f'{config.data.shot}-shot | train {config.data.train_split} ({len(train_split.classes)} classes)')
 
   labels = trainable_labels(state.params, config)
-  rstate = parallel.replicate(state)
+  rstate = parallel.replicate(state, devices)
   del state
-  step_fn = parallel.make_train_step(model, tx, config, learning_rate_schedule(config), labels)
+  step_fn = parallel.make_train_step(model, tx, config, learning_rate_schedule(config), labels, devices)
   sampler = EpisodeSampler(train_split.index, train_split.classes, config.data.shot, config.seed)
   loader = pipeline.EpisodeLoader(train_split.source, image_size=config.data.image_size,
                                   augment=config.data.augment, seed=config.seed,
                                   num_workers=config.data.num_workers)
   log = _Log(workdir, t.num_steps, start)
   local = n_dev * per_device
-  batches = pipeline.train_batches(loader, sampler, start_step=start, num_steps=t.num_steps,
+  end = t.num_steps if stop_after_steps is None else min(t.num_steps, start + stop_after_steps)
+  batches = pipeline.train_batches(loader, sampler, start_step=start, num_steps=end,
                                    shape=(n_dev, per_device), offset=jax.process_index() * local)
-  for step, batch in pipeline.prefetch(batches, lambda sb: (sb[0], parallel.shard(sb[1]))):
-    rstate, stats = step_fn(rstate, batch)
-    done = step + 1
-    is_last = done == t.num_steps
-    if done % t.log_every == 0 or done % t.checkpoint_every == 0 or is_last:
-      host = parallel.host_scalars(stats)  # The only host sync of the loop.
-      _check_finite(done, host)
-      if done % t.log_every == 0 or is_last:
+  pending: list[tuple[int, dict]] = []  # Per-step metrics not yet checked on the host.
+  done = start
+  with StopSignal() as stop, contextlib.ExitStack() as cleanup:
+    cleanup.callback(ckpts.close)
+    if best_ckpts:
+      cleanup.callback(best_ckpts.close)
+    for step, batch in pipeline.prefetch(batches, lambda sb: (sb[0], parallel.shard(sb[1], devices))):
+      rstate, stats = step_fn(rstate, batch)
+      done = step + 1
+      pending.append((done, stats))
+      preempted = stop.should_stop(done)
+      is_last = done == end
+      is_ckpt = done % t.checkpoint_every == 0 or is_last or preempted
+      is_log = done % t.log_every == 0 or done == t.num_steps
+      is_eval = best_ckpts is not None and (done % t.eval_every == 0 or done == t.num_steps)
+      if not (is_ckpt or is_log or is_eval):
+        continue
+      bad = _first_nonfinite(pending)  # Every step since the last check.
+      if bad:
+        raise FloatingPointError(
+            f'{bad[1]} is {bad[2]} at step {bad[0]}; stopping without saving (the last '
+            f'checkpoint, step {ckpts.latest_step()}, is kept as it was)')
+      host = parallel.host_scalars(stats)
+      pending.clear()
+      if is_log:
         log.train(done, host, t.batch_size)
-      if done % t.checkpoint_every == 0 or is_last:
+      if is_ckpt:
         ckpts.save(done, parallel.unreplicate(rstate), config)
+      if is_eval:
+        miou = _validate(model, rstate, config, val_split, devices)
+        log.write({'step': done, 'val': {'split': config.data.val_split, 'miou': miou}})
+        say(f'validation {config.data.val_split} ({config.eval.val_episodes} episodes): mIoU {miou:.2f}')
+        best_ckpts.save(done, parallel.unreplicate(rstate), config, metrics={'miou': miou})
+      if preempted:
+        say(f'received SIGTERM: saved step {done} to {ckpts.directory}; stopping')
+        return model, rstate, done
+  if done < t.num_steps:
+    say(f'stopped after step {done} of {t.num_steps} (stop_after_steps={stop_after_steps}); '
+        f'rerun the same command to continue')
+  return model, rstate, done
 
-  report = eval_lib.evaluate_variables(model, parallel.eval_variables(rstate), config, test_split)
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
+                       stop_after_steps: int | None = None) -> dict | None:
+  """`train`, then the test-split evaluation of the final state (see `train` for the args).
+
+  Returns the test report, or None when training stopped early.
+  """
+  model, rstate, done = train(config, workdir, devices=devices, stop_after_steps=stop_after_steps)
+  if done < config.train.num_steps:
+    return None
+  test_split = datasets.load_split(config.data, config.data.test_split, training=False)
+  say(f'testing on {config.data.test_split} ({len(test_split.classes)} classes)')
+  t = config.train
+  report = eval_lib.evaluate_variables(model, parallel.eval_variables(rstate), config, test_split,
+                                       devices=devices)
   report['step'] = t.num_steps
-  print(eval_lib.format_report(report), flush=True)
-  eval_lib.write_report(report, os.path.join(workdir, f'eval_step{t.num_steps}.json'))
-  log.write({'step': t.num_steps, 'eval': {m: {k: r[k] for k in ('miou', 'fb_iou')}
+  say(eval_lib.format_report(report))
+  if jax.process_index() == 0:
+    eval_lib.write_report(report, os.path.join(workdir, f'eval_step{t.num_steps}.json'))
+  _Log(workdir, t.num_steps, t.num_steps).write({'step': t.num_steps, 'eval': {m: {k: r[k] for k in ('miou', 'fb_iou')}
                                             for m, r in report['results'].items()}})
-  ckpts.close()
   return report

@@ -1,6 +1,7 @@
 """Test setup: 4 fake CPU devices, set before JAX starts."""
 
 import os
+import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=4').strip()
@@ -10,6 +11,12 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update('jax_enable_x64', False)
+# Many tests compile the same tiny train/eval steps: a persistent compilation
+# cache (per test session) turns the repeats into cache hits.
+jax.config.update('jax_compilation_cache_dir',
+                  os.environ.get('MMTJAX_TEST_JAX_CACHE', tempfile.mkdtemp(prefix='mmtjax-jax-cache-')))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 
 @pytest.fixture(scope='session')
@@ -37,6 +44,8 @@ def tiny_config(tfds_dir, arg=''):
   config.train.warmup_steps = 1
   config.train.log_every = 2
   config.train.checkpoint_every = 2
+  config.train.eval_every = 0
+  config.eval.val_episodes = 8
   config.eval.num_episodes = 12
   config.eval.batch_size = 4
   return config
