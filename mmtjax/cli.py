@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from absl import flags
+from absl import logging as absl_logging
 
 from mmtjax.checkpointing import CheckpointError
 
@@ -24,11 +25,19 @@ def _fail(message: str) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing with a one-line error (bad config file, arg or override)."""
+  """absl flag parsing with a one-line error (bad config file, arg or override).
+
+  Library INFO logs (orbax writes several lines per checkpoint) are hidden
+  unless --verbosity is given: the console shows the progress lines and
+  warnings.
+  """
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
   except (flags.Error, ValueError, KeyError, AttributeError) as e:
     _fail(str(e) or type(e).__name__)
+  if not flags.FLAGS['verbosity'].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+  return rest
 
 
 def run(fn: Callable[[], T]) -> T:

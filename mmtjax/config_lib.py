@@ -30,15 +30,26 @@ def validate(config: ml_collections.ConfigDict) -> None:
       (config.model.name in MODELS, f'model.name must be one of {MODELS}'),
       (config.data.shot >= 1, 'data.shot must be >= 1'),
       (-1 <= config.data.fold <= 3, 'data.fold must be -1 (all classes) or 0..3'),
-      (config.data.image_size % 8 == 0, 'data.image_size must be a multiple of 8'),
+      (config.data.image_size >= 16, 'data.image_size must be >= 16'),
       (config.train.batch_size >= 1, 'train.batch_size must be >= 1'),
-      (config.train.num_steps >= 1, 'train.num_steps must be >= 1'),
-      (0.0 <= config.memory.momentum <= 1.0, 'memory.momentum must be in [0, 1]'),
-      (0.0 <= config.memory.alpha <= 1.0, 'memory.alpha must be in [0, 1]'),
-      (config.memory.tau > 0, 'memory.tau must be > 0'),
-      (config.memory.num_items >= 1, 'memory.num_items must be >= 1'),
+      (config.train.num_steps >= 1 or config.train.get('epochs', 0) > 0,
+       'train.num_steps must be >= 1 (or set train.epochs)'),
       (config.compute_dtype in ('float32', 'bfloat16'), "compute_dtype must be 'float32' or 'bfloat16'"),
   ]
+  if config.model.name == 'mmnet':
+    checks += [
+        (all(b >= 1 for b in config.model.bins), 'model.bins must be positive'),
+        (config.model.num_meta_classes >= 1, 'model.num_meta_classes must be >= 1'),
+        ({'aux', 'recon'} <= set(config.loss), 'loss needs the fields aux and recon for mmnet'),
+    ]
+  else:
+    checks += [
+        (0.0 <= config.memory.momentum <= 1.0, 'memory.momentum must be in [0, 1]'),
+        (0.0 <= config.memory.alpha <= 1.0, 'memory.alpha must be in [0, 1]'),
+        (config.memory.tau > 0, 'memory.tau must be > 0'),
+        (config.memory.num_items >= 1, 'memory.num_items must be >= 1'),
+        ({'orth', 'cont'} <= set(config.loss), f'loss needs the fields orth and cont for {config.model.name}'),
+    ]
   for ok, message in checks:
     if not ok:
       raise ValueError(f'invalid config: {message}')

@@ -21,15 +21,21 @@ from mmtjax.state import create_train_state
 MODES = {'memory_on': True, 'memory_off': False}
 
 
+def eval_modes(model_name: str) -> dict[str, bool]:
+  """Report rows -> the model's `transfer` flag: MMT with the memory transfer on and off,
+  the baseline without it, MM-Net (whose meta-class memory is part of the network) once."""
+  return {'mmt': MODES, 'baseline': {'memory_off': False}}.get(model_name, {model_name: True})
+
+
 def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
                        split: datasets.SplitData, *, split_name: str | None = None,
                        num_episodes: int | None = None, seed: int | None = None,
                        modes: dict[str, bool] | None = None, devices=None) -> dict:
-  """Runs a fixed, seeded episode list with the memory transfer on and off.
+  """Runs a fixed, seeded episode list once per eval mode (e.g. memory transfer on and off).
 
   variables: replicated {'params', 'batch_stats', 'memory'} over `devices`
   (default: the local devices). Defaults: the config's test split, episode
-  count and seed; both modes for mmt, memory_off for the other models.
+  count and seed, and the model's `eval_modes`.
   """
   e = config.eval
   n_dev = len(devices) if devices else jax.local_device_count()
@@ -40,7 +46,7 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
   loader = pipeline.EpisodeLoader(split.source, image_size=config.data.image_size,
                                   augment=False, seed=e.seed, num_workers=config.data.num_workers)
   if modes is None:
-    modes = MODES if config.model.name == 'mmt' else {'memory_off': False}
+    modes = eval_modes(config.model.name)
   steps = {name: parallel.make_eval_step(model, transfer, devices) for name, transfer in modes.items()}
   meters = {name: SegmentationMeter() for name in modes}
   start = time.time()

@@ -53,13 +53,21 @@ def gather_batch(x: jax.Array, axis_name: str | None) -> jax.Array:
 def total_loss(outputs: Mapping[str, jax.Array], query_labels: jax.Array,
                weights: Mapping[str, Any], axis_name: str | None = None
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """The training objective of MMT (or the baseline) and its terms.
+  """The training objective of the model that produced `outputs`, and its terms.
 
-  L = L_pro + w_orth L_orth + w_cont L_cont. With the memory, L_pro is the
-  mean of the cross-entropies of the re-styled and the original branch.
-  L_cont compares prototypes across the global batch (gathered over
+  MMT / baseline: L = L_pro + w_orth L_orth + w_cont L_cont. With the memory,
+  L_pro is the mean of the cross-entropies of the re-styled and the original
+  branch. L_cont compares prototypes across the global batch (gathered over
   `axis_name`), so the parallel loss equals the single-device one.
+
+  MM-Net (outputs hold 'aux_logits'): L = CE_main + w_aux mean_bins CE_aux +
+  w_recon L_recon.
   """
+  if 'aux_logits' in outputs:
+    aux = [pixel_cross_entropy(a, query_labels) for a in outputs['aux_logits']]
+    terms = {'main': pixel_cross_entropy(outputs['logits'], query_labels),
+             'aux': sum(aux) / len(aux), 'recon': outputs['recon_loss']}
+    return terms['main'] + weights['aux'] * terms['aux'] + weights['recon'] * terms['recon'], terms
   terms = {'pro': pixel_cross_entropy(outputs['logits'], query_labels)}
   if 'logits_orig' in outputs:
     terms['pro'] = 0.5 * (terms['pro'] + pixel_cross_entropy(outputs['logits_orig'], query_labels))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 IGNORE_LABEL = 255
 
@@ -92,3 +93,33 @@ def cosine_map(feats: jax.Array, protos: jax.Array, scale: float = 1.0) -> jax.A
     [B, H, W, P] logits scale * cos(feats[b, h, w], protos[b, p]).
   """
   return scale * jnp.einsum('bhwc,bpc->bhwp', l2_normalize(feats), l2_normalize(protos))
+
+
+def _align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """[n_out, n_in] linear-interpolation weights with aligned corners (PyTorch align_corners=True)."""
+  scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+  src = np.arange(n_out) * scale
+  lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+  hi = np.minimum(lo + 1, n_in - 1)
+  frac = src - lo
+  m = np.zeros((n_out, n_in), np.float32)
+  np.add.at(m, (np.arange(n_out), lo), 1.0 - frac)
+  np.add.at(m, (np.arange(n_out), hi), frac)
+  return m
+
+
+def resize_align_corners(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """Bilinear resize of [B, H, W, C] (or [B, H, W]) with aligned corners.
+
+  The corner pixels of input and output coincide (PyTorch's
+  F.interpolate(..., mode='bilinear', align_corners=True), which PFENet and
+  MM-Net use for masks, priors, pyramid bins and the output upsampling).
+  An output size of 1 takes the top-left pixel, as PyTorch does.
+  """
+  if x.shape[1:3] == tuple(size):
+    return x
+  rows = jnp.asarray(_align_corners_matrix(x.shape[1], size[0]), x.dtype)
+  cols = jnp.asarray(_align_corners_matrix(x.shape[2], size[1]), x.dtype)
+  if x.ndim == 3:
+    return jnp.einsum('ih,bhw,jw->bij', rows, x, cols)
+  return jnp.einsum('ih,bhwc,jw->bijc', rows, x, cols)

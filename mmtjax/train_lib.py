@@ -11,7 +11,7 @@ import signal
 import tempfile
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -121,24 +121,46 @@ class StopSignal:
 
 
 def _validate(model, rstate, config, val_split, devices) -> float:
-  """mIoU on the validation episodes (memory transfer on for mmt), for the best checkpoint."""
-  mode = 'memory_on' if config.model.name == 'mmt' else 'memory_off'
+  """mIoU on the validation episodes (the model's first eval mode), for the best checkpoint."""
+  mode, transfer = next(iter(eval_lib.eval_modes(config.model.name).items()))
   report = eval_lib.evaluate_variables(
       model, parallel.eval_variables(rstate), config, val_split, split_name=config.data.val_split,
       num_episodes=config.eval.val_episodes, seed=config.eval.seed + 1,
-      modes={mode: eval_lib.MODES[mode]}, devices=devices)
+      modes={mode: transfer}, devices=devices)
   return report['results'][mode]['miou']
 
 
+class TrainResult(NamedTuple):
+  model: Any
+  state: Any  # Replicated TrainState.
+  step: int  # The last step done.
+  num_steps: int  # The run's length (resolved from train.epochs when set).
+
+
+def resolve_num_steps(config: ml_collections.ConfigDict, train_split: datasets.SplitData
+                      ) -> ml_collections.ConfigDict:
+  """With train.epochs > 0, a copy whose num_steps = epochs x (training images // batch size).
+
+  An epoch is one pass over the images that hold a training class (PFENet's
+  definition: each image once, with one of its classes).
+  """
+  if config.train.get('epochs', 0) <= 0:
+    return config
+  images = {int(i) for c in train_split.classes for i in train_split.index.get(c, ())}
+  resolved = config.copy_and_resolve_references()
+  resolved.train.num_steps = config.train.epochs * max(1, len(images) // config.train.batch_size)
+  return resolved
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
-          stop_after_steps: int | None = None) -> tuple[Any, Any, int]:
+          stop_after_steps: int | None = None) -> TrainResult:
   """Trains, resuming from workdir's newest readable checkpoint.
 
   devices: this process's devices to train on (default: all local devices).
   stop_after_steps: train at most this many steps in this run, then checkpoint
     (the next run resumes exactly there; for time-limited jobs).
-  Returns (model, replicated TrainState, last step done); the last step is
-  below config.train.num_steps when stopped early (SIGTERM or stop_after_steps).
+  Returns the model, the replicated TrainState, the last step done (below
+  num_steps when stopped early by SIGTERM or stop_after_steps) and num_steps.
   """
   config_lib.validate(config)
   prepare_workdir(workdir)
@@ -151,6 +173,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
   best_ckpts = (checkpointing.Checkpoints(workdir, subdir=checkpointing.BEST_SUBDIR, best_metric='miou')
                 if t.eval_every > 0 else None)
   train_split = datasets.load_split(config.data, config.data.train_split, training=True)
+  config = resolve_num_steps(config, train_split)
+  t = config.train
   val_split = (datasets.load_split(config.data, config.data.val_split, training=False)
                if best_ckpts else None)
 
@@ -215,11 +239,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
         best_ckpts.save(done, parallel.unreplicate(rstate), config, metrics={'miou': miou})
       if preempted:
         say(f'received SIGTERM: saved step {done} to {ckpts.directory}; stopping')
-        return model, rstate, done
+        return TrainResult(model, rstate, done, t.num_steps)
   if done < t.num_steps:
     say(f'stopped after step {done} of {t.num_steps} (stop_after_steps={stop_after_steps}); '
         f'rerun the same command to continue')
-  return model, rstate, done
+  return TrainResult(model, rstate, done, t.num_steps)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
@@ -228,18 +252,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
 
   Returns the test report, or None when training stopped early.
   """
-  model, rstate, done = train(config, workdir, devices=devices, stop_after_steps=stop_after_steps)
-  if done < config.train.num_steps:
+  model, rstate, done, num_steps = train(config, workdir, devices=devices,
+                                         stop_after_steps=stop_after_steps)
+  if done < num_steps:
     return None
   test_split = datasets.load_split(config.data, config.data.test_split, training=False)
   say(f'testing on {config.data.test_split} ({len(test_split.classes)} classes)')
-  t = config.train
   report = eval_lib.evaluate_variables(model, parallel.eval_variables(rstate), config, test_split,
                                        devices=devices)
-  report['step'] = t.num_steps
+  report['step'] = num_steps
   say(eval_lib.format_report(report))
   if jax.process_index() == 0:
-    eval_lib.write_report(report, os.path.join(workdir, f'eval_step{t.num_steps}.json'))
-  _Log(workdir, t.num_steps, t.num_steps).write({'step': t.num_steps, 'eval': {m: {k: r[k] for k in ('miou', 'fb_iou')}
+    eval_lib.write_report(report, os.path.join(workdir, f'eval_step{num_steps}.json'))
+  _Log(workdir, num_steps, num_steps).write({'step': num_steps, 'eval': {m: {k: r[k] for k in ('miou', 'fb_iou')}
                                             for m, r in report['results'].items()}})
   return report

@@ -37,8 +37,12 @@ def tiny_config(tfds_dir, arg=''):
   config.data.image_size = 32
   config.data.min_pixels = 4
   config.data.num_workers = 2
-  config.model.embed_dim = 16
-  config.memory.num_items = 4
+  if config.model.name == 'mmnet':
+    config.model.reduce_dim = 16
+    config.model.num_meta_classes = 10
+  else:
+    config.model.embed_dim = 16
+    config.memory.num_items = 4
   config.train.batch_size = 4
   config.train.num_steps = 4
   config.train.warmup_steps = 1

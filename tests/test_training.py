@@ -218,7 +218,7 @@ _WORKER = textwrap.dedent('''
     config = tiny_config(sys.argv[1])
     config.train.num_steps = 2
     config.train.batch_size = 8  # 2 processes x 4 devices (conftest's XLA_FLAGS)
-    _, rstate, done = train_lib.train(config, sys.argv[2])
+    rstate = train_lib.train(config, sys.argv[2]).state
     flat = jax.tree_util.tree_leaves_with_path(parallel.unreplicate(rstate))
     np.savez(sys.argv[3], **{jax.tree_util.keystr(k): v for k, v in flat})
     ckpts = train_lib.checkpointing.Checkpoints(sys.argv[2], create=False)
