@@ -63,6 +63,7 @@ def mmnet_model(**overrides) -> dict:
       bin_reference_size=60,
       mid_dropout=0.5,
       head_dropout=0.1,
+      prior_stage='layer4',      # PFENet's prior from frozen layer4 features
   )
   model.update(overrides)
   return model
@@ -72,7 +73,7 @@ def _mmnet(config: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict:
   # CPU-sized MM-Net on the embedded dataset: the tiny backbone (no pretrained
   # weights, so it trains), a narrower head, the same data and schedule as MMT.
   config.model = mmnet_model(backbone='resnet_tiny', stem=config_dict.placeholder(str),
-                             freeze_backbone=False, reduce_dim=64)
+                             freeze_backbone=False, reduce_dim=64, prior_stage='layer3')
   config.loss = dict(aux=1.0, recon=0.1)
   return _shared(config, arg)
 
@@ -82,6 +83,7 @@ def _shared(config: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict
       dataset='mmtjax_shapes',
       builder_config='default',
       data_dir=config_dict.placeholder(str),  # tfds data dir; None: $TFDS_DATA_DIR or ~/tensorflow_datasets
+      manual_dir=config_dict.placeholder(str),  # raw files of the real datasets (README: Datasets)
       image_size=64,
       shot=arg.shot,
       fold=arg.fold,
@@ -91,7 +93,8 @@ def _shared(config: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict
       # target domain); with a fold, its novel classes.
       val_split='source_test',
       min_pixels=48,              # PFENet's rule is 2*32*32 at 473 px; scaled to 96 px images
-      augment=True,
+      augment='flip',             # 'none', 'flip' or 'mmnet' (PFENet/MM-Net augmentation)
+      protocol='custom',          # test episodes: 'custom' (eval.*), 'hsnet' or 'pfenet'
       num_workers=4,
   )
   config.train = dict(

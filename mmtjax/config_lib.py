@@ -36,6 +36,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
        'train.num_steps must be >= 1 (or set train.epochs)'),
       (config.compute_dtype in ('float32', 'bfloat16'), "compute_dtype must be 'float32' or 'bfloat16'"),
   ]
+  from mmtjax.data import pipeline, protocols  # Late: keeps config parsing free of the data stack.
+  checks += [
+      (config.data.augment in pipeline.AUGMENTS, f'data.augment must be one of {pipeline.AUGMENTS}'),
+      (config.data.get('protocol', 'custom') in protocols.PROTOCOLS,
+       f'data.protocol must be one of {protocols.PROTOCOLS}'),
+  ]
   if config.model.name == 'mmnet':
     checks += [
         (all(b >= 1 for b in config.model.bins), 'model.bins must be positive'),

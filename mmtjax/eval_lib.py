@@ -10,11 +10,11 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
-from mmtjax import checkpointing, parallel
-from mmtjax.data import datasets, pipeline
+from mmtjax import checkpointing, metrics, parallel
+from mmtjax.data import datasets, pipeline, protocols
 from mmtjax.data.episodes import EpisodeSampler
-from mmtjax.metrics import SegmentationMeter
 from mmtjax.models import get_model
 from mmtjax.state import create_train_state
 
@@ -29,35 +29,45 @@ def eval_modes(model_name: str) -> dict[str, bool]:
 
 def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
                        split: datasets.SplitData, *, split_name: str | None = None,
-                       num_episodes: int | None = None, seed: int | None = None,
+                       protocol: protocols.Protocol | None = None,
                        modes: dict[str, bool] | None = None, devices=None) -> dict:
   """Runs a fixed, seeded episode list once per eval mode (e.g. memory transfer on and off).
 
   variables: replicated {'params', 'batch_stats', 'memory'} over `devices`
-  (default: the local devices). Defaults: the config's test split, episode
-  count and seed, and the model's `eval_modes`.
+  (default: the local devices). Defaults: the config's test split, its test
+  protocol (data.protocol) and the model's `eval_modes`.
   """
   e = config.eval
+  protocol = protocol or protocols.test_protocol(config.data, e)
   n_dev = len(devices) if devices else jax.local_device_count()
   per_device = max(1, -(-e.batch_size // n_dev))
-  sampler = EpisodeSampler(split.index, split.classes, config.data.shot,
-                           seed=e.seed if seed is None else seed)
-  episodes = sampler.test_list(e.num_episodes if num_episodes is None else num_episodes)
-  loader = pipeline.EpisodeLoader(split.source, image_size=config.data.image_size,
-                                  augment=False, seed=e.seed, num_workers=config.data.num_workers)
+  sampler = EpisodeSampler(split.index, split.classes, config.data.shot, seed=protocol.seed)
+  episodes = sampler.test_list(protocol.num_episodes, protocol.order)
+  loader = pipeline.EpisodeLoader(split.source, image_size=protocol.image_size, augment='none',
+                                  seed=protocol.seed, num_workers=config.data.num_workers,
+                                  resize=protocol.resize)
   if modes is None:
     modes = eval_modes(config.model.name)
-  steps = {name: parallel.make_eval_step(model, transfer, devices) for name, transfer in modes.items()}
-  meters = {name: SegmentationMeter() for name in modes}
+  output = 'logit_diff' if protocol.original_resolution else 'counts'
+  steps = {name: parallel.make_eval_step(model, transfer, devices, output) for name, transfer in modes.items()}
+  meters = {name: metrics.SegmentationMeter() for name in modes}
   start = time.time()
   batches = pipeline.eval_batches(loader, episodes, (n_dev, per_device))
-  for host, batch in pipeline.prefetch(batches, lambda b: (b, parallel.shard(b, devices))):
+
+  def put(b):
+    return b, parallel.shard({k: v for k, v in b.items() if k != 'original_labels'}, devices)
+
+  for host, batch in pipeline.prefetch(batches, put):
     for name, step in steps.items():
-      meters[name].add(host['class_id'], parallel.local_array(step(variables, batch)), host['valid'])
+      out = parallel.local_array(step(variables, batch))
+      if protocol.original_resolution:
+        out = np.stack([metrics.original_resolution_counts(d, m) for d, m in
+                        zip(out.reshape(-1, *out.shape[2:]), host['original_labels'])])
+      meters[name].add(host['class_id'], out, host['valid'])
   results = {name: m.result() for name, m in meters.items()}
   return {'split': split_name or config.data.test_split, 'shot': config.data.shot,
-          'num_episodes': len(episodes), 'seconds': round(time.time() - start, 2),
-          'results': results}
+          'protocol': protocol.name, 'num_episodes': len(episodes),
+          'seconds': round(time.time() - start, 2), 'results': results}
 
 
 def format_report(report: dict) -> str:

@@ -25,6 +25,35 @@ def episode_counts(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.stack(out, axis=-1).astype(jnp.int32)
 
 
+def original_resolution_counts(logit_diff: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """PFENet's scoring at the original label resolution, on the host.
+
+  The input was resized to longer side S and padded bottom/right to S x S, so
+  the [h, w] output maps onto the original mask padded (with 255) to its
+  longer side L: it is resized to L x L with aligned corners (PFENet's
+  F.interpolate(..., align_corners=True)), thresholded at 0 (foreground logit
+  above background), and compared with the padded mask.
+
+  Args:
+    logit_diff: [h, w] foreground minus background logit.
+    mask: [H, W] original episode mask in {0, 1, 255}.
+
+  Returns:
+    [4] int64 (fg intersection, fg union, bg intersection, bg union).
+  """
+  h, w = mask.shape
+  size = max(h, w)
+  rows = ops.align_corners_matrix(logit_diff.shape[0], size)
+  cols = ops.align_corners_matrix(logit_diff.shape[1], size)
+  pred = (rows @ logit_diff.astype(np.float32) @ cols.T)[:h, :w] > 0
+  valid = mask != ops.IGNORE_LABEL
+  out = []
+  for fg in (True, False):
+    p, t = (pred == fg) & valid, ((mask == 1) == fg) & valid
+    out += [np.sum(p & t), np.sum(p | t)]
+  return np.asarray(out, np.int64)
+
+
 class SegmentationMeter:
   """Accumulates intersections and unions per class over episodes.
 

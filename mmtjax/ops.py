@@ -95,7 +95,7 @@ def cosine_map(feats: jax.Array, protos: jax.Array, scale: float = 1.0) -> jax.A
   return scale * jnp.einsum('bhwc,bpc->bhwp', l2_normalize(feats), l2_normalize(protos))
 
 
-def _align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
+def align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
   """[n_out, n_in] linear-interpolation weights with aligned corners (PyTorch align_corners=True)."""
   scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
   src = np.arange(n_out) * scale
@@ -118,8 +118,8 @@ def resize_align_corners(x: jax.Array, size: tuple[int, int]) -> jax.Array:
   """
   if x.shape[1:3] == tuple(size):
     return x
-  rows = jnp.asarray(_align_corners_matrix(x.shape[1], size[0]), x.dtype)
-  cols = jnp.asarray(_align_corners_matrix(x.shape[2], size[1]), x.dtype)
+  rows = jnp.asarray(align_corners_matrix(x.shape[1], size[0]), x.dtype)
+  cols = jnp.asarray(align_corners_matrix(x.shape[2], size[1]), x.dtype)
   if x.ndim == 3:
     return jnp.einsum('ih,bhw,jw->bij', rows, x, cols)
   return jnp.einsum('ih,bhwc,jw->bijc', rows, x, cols)

@@ -126,12 +126,19 @@ def make_train_step(model, tx: optax.GradientTransformation, config: ml_collecti
   return jax.pmap(step_fn, axis_name=AXIS, donate_argnums=(0,), devices=devices)
 
 
-def make_eval_step(model, transfer: bool, devices=None) -> Callable:
-  """pmap'd (variables, batch) -> [devices, per_device, 4] counts (see metrics)."""
+def make_eval_step(model, transfer: bool, devices=None, output: str = 'counts') -> Callable:
+  """pmap'd (variables, batch) -> per episode [devices, per_device, ...]:
+
+  output 'counts': [4] intersection/union counts at the label size (see metrics);
+  'logit_diff': [h, w] foreground minus background logit at the model's
+  output size, for scoring at the original resolution on the host.
+  """
 
   def step_fn(variables, batch):
     out = model.apply(variables, batch['support_images'], batch['support_labels'],
                       batch['query_images'], train=False, transfer=transfer)
+    if output == 'logit_diff':
+      return out['logits'][..., 1] - out['logits'][..., 0]
     return metrics.episode_counts(out['logits'], batch['query_labels'])
 
   return jax.pmap(step_fn, axis_name=AXIS, devices=devices)

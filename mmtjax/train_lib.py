@@ -19,7 +19,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from mmtjax import checkpointing, config_lib, eval_lib, parallel
-from mmtjax.data import datasets, pipeline
+from mmtjax.data import datasets, pipeline, protocols
 from mmtjax.data.episodes import EpisodeSampler
 from mmtjax.models import get_model
 from mmtjax.state import create_train_state, learning_rate_schedule, trainable_labels
@@ -125,7 +125,8 @@ def _validate(model, rstate, config, val_split, devices) -> float:
   mode, transfer = next(iter(eval_lib.eval_modes(config.model.name).items()))
   report = eval_lib.evaluate_variables(
       model, parallel.eval_variables(rstate), config, val_split, split_name=config.data.val_split,
-      num_episodes=config.eval.val_episodes, seed=config.eval.seed + 1,
+      protocol=protocols.Protocol('validation', config.eval.val_episodes, config.eval.seed + 1,
+                                  config.data.image_size, 'square'),
       modes={mode: transfer}, devices=devices)
   return report['results'][mode]['miou']
 

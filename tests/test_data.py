@@ -32,7 +32,7 @@ def test_tfds_builder_reads_back_and_folds_split_classes(tfds_dir):
   assert test.classes == (6, 7, 8, 9, 10)
   assert not set(train.classes) & set(test.classes) and len(train.classes) == 15
   record = train.source[0]
-  image = transforms.decode_png(record['image'], 'x')
+  image = transforms.decode_image(record['image'], 'x')
   assert image.shape == (32, 32, 3)
   target = datasets.load_split(tiny_config(tfds_dir).data, 'target_test', training=False)
   assert target.classes == synthetic.TARGET_CLASSES
@@ -84,4 +84,4 @@ def test_loader_batches_are_shaped_and_padded(tfds_dir):
 
 def test_corrupt_image_names_the_example():
   with pytest.raises(ValueError, match='cannot decode image of example 4'):
-    transforms.decode_png(b'not a png', 'image of example 4')
+    transforms.decode_image(b'not a png', 'image of example 4')

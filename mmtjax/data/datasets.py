@@ -1,4 +1,4 @@
-"""Dataset registry: config.data -> (random-access source, class index, class lists)."""
+"""Dataset registry: config.data -> (random-access source, class index, episode classes)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,22 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mmtjax.data import episodes, synthetic
-from mmtjax.data.builders import embedded
+from mmtjax.data.builders import (
+  chest_xray,
+  coco20i,
+  deepglobe,
+  embedded,
+  fss1000,
+  isic2018,
+  pascal5i,
+  raw,
+  suim,
+)
+
+RAW_BUILDERS = {cls.name: cls for cls in (pascal5i.Pascal5i, coco20i.Coco20i, fss1000.Fss1000,
+                                          deepglobe.Deepglobe, isic2018.Isic2018,
+                                          chest_xray.ChestXray, suim.Suim)}
+DATASETS = ('mmtjax_shapes', *RAW_BUILDERS)
 
 
 @dataclasses.dataclass
@@ -20,7 +35,7 @@ class SplitData:
   classes: tuple[int, ...]
 
 
-def _classes(data: ml_collections.ConfigDict, split: str, training: bool) -> tuple[int, ...]:
+def _embedded_classes(data: ml_collections.ConfigDict, split: str, training: bool) -> tuple[int, ...]:
   domain_classes = synthetic.SPLITS[split].classes
   if data.fold < 0 or synthetic.SPLITS[split].domain != 'source':
     return domain_classes
@@ -28,18 +43,39 @@ def _classes(data: ml_collections.ConfigDict, split: str, training: bool) -> tup
   return tuple(c for c in domain_classes if (c not in novel) == training)
 
 
-def load_split(data: ml_collections.ConfigDict, split: str, *, training: bool) -> SplitData:
-  """The split's source and index; training takes a fold's base classes, test its novel ones.
+def load_raw_builder(name: str, data_dir: str | None, manual_dir: str | None) -> raw.RawBuilder:
+  """A raw-data builder, built from `manual_dir` on first use (then read from data_dir)."""
+  builder = RAW_BUILDERS[name](data_dir=data_dir, file_format='array_record')
+  if not builder.is_prepared():
+    manual_dir = builder.check_manual_dir(manual_dir)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    raw.write_report(builder)
+  return builder
 
-  fold = -1 uses every class of the split (the cross-domain setting: train on
-  all source classes, test on the target domain).
+
+def load_split(data: ml_collections.ConfigDict, split: str, *, training: bool) -> SplitData:
+  """The split's source, class index and the classes its episodes use.
+
+  Training takes a fold's base classes and testing its novel ones; fold -1
+  uses every class of the split (the cross-domain setting, and datasets
+  without folds). The index (class -> images with >= data.min_pixels of it)
+  is built once per split and threshold and cached beside the data.
   """
-  if data.dataset != 'mmtjax_shapes':
-    raise ValueError(f"unknown dataset {data.dataset!r}; available: 'mmtjax_shapes'")
-  if split not in synthetic.SPLITS:
-    raise ValueError(f'unknown split {split!r} of {data.dataset}; choose from {list(synthetic.SPLITS)}')
+  if data.dataset not in DATASETS:
+    raise ValueError(f'unknown dataset {data.dataset!r}; available: {list(DATASETS)}')
   tfds.disable_progress_bar()
-  builder = embedded.load_builder(data.builder_config, data.data_dir)
+  if data.dataset == 'mmtjax_shapes':
+    if split not in synthetic.SPLITS:
+      raise ValueError(f'unknown split {split!r} of {data.dataset}; choose from {list(synthetic.SPLITS)}')
+    builder = embedded.load_builder(data.builder_config, data.data_dir)
+  else:
+    builder = load_raw_builder(data.dataset, data.data_dir, data.get('manual_dir'))
+    if split not in builder.SPLITS:
+      raise ValueError(f'unknown split {split!r} of {data.dataset}; choose from {list(builder.SPLITS)}')
   source = builder.as_data_source(split)
   index = episodes.cached_class_index(source, os.fspath(builder.data_dir), split, data.min_pixels)
-  return SplitData(source, index, _classes(data, split, training))
+  if data.dataset == 'mmtjax_shapes':
+    classes = _embedded_classes(data, split, training)
+  else:
+    classes = builder.split_classes(split, data.fold, training, tuple(sorted(index)))
+  return SplitData(source, index, classes)

@@ -79,10 +79,32 @@ class EpisodeSampler:
   def episode(self, step: int, i: int) -> Episode:
     """The i-th episode of a step; identical for identical (seed, step, i)."""
     rng = np.random.default_rng([self.seed, step, i])
-    c = self.classes[rng.integers(len(self.classes))]
+    return self._draw(self.classes[rng.integers(len(self.classes))], rng)
+
+  def test_list(self, num_episodes: int | None, order: str = 'random') -> list[Episode]:
+    """A fixed, seeded list of test episodes.
+
+    order 'random': class and images drawn per episode. 'round_robin': the
+    class of episode i is classes[i % C] (SUIM). 'each_query': every indexed
+    image is the query once, with its class (FSS-1000); num_episodes None
+    means all of them.
+    """
+    if order == 'random':
+      return [self.episode(_TEST_STREAM, i) for i in range(num_episodes)]
+    if order == 'round_robin':
+      return [self._draw(self.classes[i % len(self.classes)], np.random.default_rng(
+          [self.seed, _TEST_STREAM, i])) for i in range(num_episodes)]
+    if order == 'each_query':
+      pairs = [(c, int(q)) for c in self.classes for q in self.index[c]]
+      pairs = pairs if num_episodes is None else pairs[:num_episodes]
+      out = []
+      for i, (c, q) in enumerate(pairs):
+        rng = np.random.default_rng([self.seed, _TEST_STREAM, i])
+        others = self.index[c][self.index[c] != q]
+        out.append(Episode(c, q, tuple(int(s) for s in rng.choice(others, self.shot, replace=False))))
+      return out
+    raise ValueError(f"order must be 'random', 'round_robin' or 'each_query', got {order!r}")
+
+  def _draw(self, c: int, rng: np.random.Generator) -> Episode:
     chosen = rng.choice(self.index[c], self.shot + 1, replace=False)
     return Episode(int(c), int(chosen[0]), tuple(int(s) for s in chosen[1:]))
-
-  def test_list(self, num_episodes: int) -> list[Episode]:
-    """A fixed, seeded list of test episodes."""
-    return [self.episode(_TEST_STREAM, i) for i in range(num_episodes)]

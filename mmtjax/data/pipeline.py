@@ -20,34 +20,61 @@ from mmtjax.data import transforms
 from mmtjax.data.episodes import Episode, EpisodeSampler
 from mmtjax.models.inputs import check_inputs
 
+AUGMENTS = ('none', 'flip', 'mmnet')
+RESIZES = ('square', 'longer_side_pad')
+
 
 class EpisodeLoader:
-  """Turns episodes into arrays, reading records from a random-access source."""
+  """Turns episodes into arrays, reading records from a random-access source.
 
-  def __init__(self, source, *, image_size: int, augment: bool, seed: int, num_workers: int = 4):
+  augment: 'none'; 'flip' (square resize, horizontal flip p .5); 'mmnet'
+    (PFENet/MM-Net: scale, rotate, blur, flip, crop to image_size).
+  resize (without augmentation): 'square' (HSNet/PATNet: image_size x
+    image_size) or 'longer_side_pad' (PFENet: longer side image_size, padded
+    bottom/right; the query's original-resolution mask is then returned too,
+    for scoring at the original resolution).
+  Records hold 'image' and 'label' bytes; a record with 'binary' True has a
+  {0, 1, 255} label for its single class instead of class ids.
+  """
+
+  def __init__(self, source, *, image_size: int, augment: str | bool, seed: int,
+               num_workers: int = 4, resize: str = 'square'):
+    augment = {True: 'flip', False: 'none'}.get(augment, augment)
+    if augment not in AUGMENTS:
+      raise ValueError(f'augment must be one of {AUGMENTS}, got {augment!r}')
+    if resize not in RESIZES:
+      raise ValueError(f'resize must be one of {RESIZES}, got {resize!r}')
     self.source = source
     self.image_size = image_size
     self.augment = augment
+    self.resize = resize
     self.seed = seed
     self.pool = concurrent.futures.ThreadPoolExecutor(max(1, num_workers))
 
   def _example(self, index: int, class_id: int, rng: np.random.Generator | None):
+    """(normalised image, episode mask, original-resolution mask or None)."""
     record = self.source[index]
-    image = transforms.decode_png(record['image'], f'image of example {index}')
-    label = transforms.decode_png(record['label'], f'label of example {index}')
-    if image.ndim == 2:
-      image = np.repeat(image[..., None], 3, axis=-1)
-    image, label = transforms.resize(image[..., :3], label, self.image_size)
-    if rng is not None and rng.random() < 0.5:
-      image, label = transforms.hflip(image, label)
-    return transforms.normalize(image), transforms.class_mask(label, class_id)
+    image = transforms.to_rgb(transforms.decode_image(record['image'], f'image of example {index}'))
+    label = transforms.decode_image(record['label'], f'label of example {index}')
+    mask = transforms.class_mask(label, 1 if record.get('binary', False) else class_id)
+    size, original = self.image_size, None
+    if self.augment == 'mmnet':
+      image, mask = transforms.augment_mmnet(image, mask, rng, size)
+    elif self.resize == 'longer_side_pad':
+      original = mask
+      image, mask = transforms.pad_to(*transforms.resize_longer_side(image, mask, size), size)
+    else:
+      image, mask = transforms.resize(image, mask, size)
+      if self.augment == 'flip' and rng.random() < 0.5:
+        image, mask = transforms.hflip(image, mask)
+    return transforms.normalize(image), np.ascontiguousarray(mask), original
 
   def load(self, episode: Episode, key: Sequence[int]) -> dict[str, np.ndarray]:
     """One episode; `key` seeds its augmentation (ignored without augmentation)."""
-    rng = np.random.default_rng([self.seed, *key, 1]) if self.augment else None
+    rng = np.random.default_rng([self.seed, *key, 1]) if self.augment != 'none' else None
     shots = [self._example(s, episode.class_id, rng) for s in episode.supports]
-    q_image, q_label = self._example(episode.query, episode.class_id, rng)
-    return {
+    q_image, q_label, q_original = self._example(episode.query, episode.class_id, rng)
+    out = {
         'support_images': np.stack([s[0] for s in shots]),
         'support_labels': np.stack([s[1] for s in shots]),
         'query_images': q_image,
@@ -55,6 +82,9 @@ class EpisodeLoader:
         'class_id': np.int32(episode.class_id),
         'valid': np.bool_(True),
     }
+    if q_original is not None:
+      out['original_labels'] = q_original
+    return out
 
   def batch(self, episodes: Sequence[Episode], keys: Sequence[Sequence[int]],
             shape: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -65,10 +95,14 @@ class EpisodeLoader:
     items = list(self.pool.map(self.load, episodes, keys))
     while len(items) < total:
       items.append({**items[0], 'valid': np.bool_(False)})
+    # Original-resolution masks differ in size: kept as a list, on the host only.
+    originals = [it.pop('original_labels') for it in items] if 'original_labels' in items[0] else None
     batch = {k: np.stack([it[k] for it in items]).reshape(*shape, *np.shape(items[0][k]))
              for k in items[0]}
     check_inputs(batch['support_images'], batch['support_labels'], batch['query_images'],
                  batch['query_labels'])
+    if originals is not None:
+      batch['original_labels'] = originals
     return batch
 
 

@@ -24,7 +24,7 @@ def get_model(config: ml_collections.ConfigDict, axis_name: str | None = None) -
     return MMNet(**common, reduce_dim=m.reduce_dim, num_meta_classes=m.num_meta_classes,
                  meta_init_std=m.meta_init_std, bins=tuple(m.bins),
                  bin_reference_size=m.bin_reference_size, mid_dropout=m.mid_dropout,
-                 head_dropout=m.head_dropout)
+                 head_dropout=m.head_dropout, prior_stage=m.prior_stage)
   return MMT(**common, memory_stage=m.memory_stage, feature_stages=tuple(m.feature_stages),
              embed_dim=m.embed_dim, dropout=m.dropout, cosine_scale=m.cosine_scale,
              use_memory=m.name == 'mmt', memory=dict(config.memory))

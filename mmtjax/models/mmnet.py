@@ -133,6 +133,9 @@ class MMNet(nn.Module):
     bins, bin_reference_size: FEM pyramid (60, 30, 15, 8 at 60 x 60 features).
     mid_dropout: Dropout2d after the mid-level 1x1 convs (0.5).
     head_dropout: Dropout2d in the classifiers (0.1).
+    prior_stage: backbone stage of the prior mask: 'layer4' (PFENet, MM-Net),
+      or 'layer3' (the CPU variant, whose from-scratch layer4 never trains
+      because the prior passes no gradient).
   """
 
   backbone: str = 'resnet50'
@@ -146,6 +149,7 @@ class MMNet(nn.Module):
   bin_reference_size: int = 60
   mid_dropout: float = 0.5
   head_dropout: float = 0.1
+  prior_stage: str = 'layer4'
   axis_name: str | None = None
   dtype: Any = jnp.float32
 
@@ -186,13 +190,18 @@ class MMNet(nn.Module):
     masks = ops.resize_align_corners(fg, (h, w)).reshape(b, k, h, w).astype(self.dtype)
 
     # Prior: layer4 of the query and of each masked support (training-free: no gradient).
-    l4 = [self.encoder(feats[0]['layer3'], train_bn=train_bn, start='layer4')['layer4']]
-    l4 += [self.encoder(feats[1 + shot]['layer3'] * masks[:, shot, ..., None], train_bn=train_bn,
-                        start='layer4')['layer4'] for shot in range(k)]
-    l4 = [jax.lax.stop_gradient(x) for x in l4]
-    h4, w4 = l4[0].shape[1:3]
-    masks4 = ops.resize_align_corners(fg, (h4, w4)).reshape(b, k, h4, w4)
-    prior = prior_mask(l4[0], jnp.stack(l4[1:], axis=1), masks4)
+    if self.prior_stage == 'layer4':
+      high = [self.encoder(feats[0]['layer3'], train_bn=train_bn, start='layer4')['layer4']]
+      high += [self.encoder(feats[1 + shot]['layer3'] * masks[:, shot, ..., None], train_bn=train_bn,
+                            start='layer4')['layer4'] for shot in range(k)]
+    elif self.prior_stage == 'layer3':
+      high = [f['layer3'] for f in feats]
+    else:
+      raise ValueError(f"prior_stage must be 'layer4' or 'layer3', got {self.prior_stage!r}")
+    high = [jax.lax.stop_gradient(x) for x in high]
+    hp, wp = high[0].shape[1:3]
+    masks_p = ops.resize_align_corners(fg, (hp, wp)).reshape(b, k, hp, wp)
+    prior = prior_mask(high[0], jnp.stack(high[1:], axis=1), masks_p)
     prior = ops.resize_align_corners(prior, (h, w))[..., None].astype(self.dtype)
 
     q = self.mid_drop(self.down_query(mids[0]), deterministic=not train)
