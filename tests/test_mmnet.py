@@ -13,7 +13,7 @@ RNG = np.random.default_rng(0)
 
 
 def _sigmoid(x):
-  return 1.0 / (1.0 + np.exp(-x))
+  return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free logistic
 
 
 def _softmax(x, axis):
