@@ -10,7 +10,7 @@ CPU-sized MM-Net on the same data and schedule), `:fold=0` (in-domain: train
 on 15 source classes, test on the fold's 5 novel source classes), and any
 field with `--config.train.num_steps=100`.
 
-Measured on a 2-core CPU (README, Quickstart): 1 min 47 s with evaluation;
+Measured on a 2-core CPU (README, Quickstart): 1 min 45 s with evaluation;
 target 1-shot mIoU 23.53 with the memory transfer on, 19.71 off (300
 episodes, seed 0). `:model=baseline` reaches 16.91.
 """
