@@ -76,11 +76,15 @@ class _Log:
 
 
 def _first_nonfinite(pending: list[tuple[int, dict]]) -> tuple[int, str, float] | None:
-  """(step, term, value) of the first non-finite step among the unchecked steps, or None."""
-  for done, stats in pending:
-    host = parallel.host_scalars(stats)
-    if host['finite'] < 1:
-      terms = sorted((k for k in host if k.startswith('loss_')), key=lambda k: k) + ['loss', 'grad_norm']
+  """(step, term, value) of the first non-finite step among the unchecked steps, or None.
+
+  Only the per-step 'finite' flags travel to the host, plus the bad step's metrics.
+  """
+  flags = parallel.unreplicate([stats['finite'] for _, stats in pending])
+  for (done, stats), finite in zip(pending, flags):
+    if finite < 1:
+      host = parallel.host_scalars(stats)
+      terms = sorted(k for k in host if k.startswith('loss_')) + ['loss', 'grad_norm']
       name = next((k for k in terms if not math.isfinite(host[k])), 'loss')
       return done, name, host[name]
   return None

@@ -36,6 +36,17 @@ def _assert_states_close(a, b, **tol):
                                err_msg=jax.tree_util.keystr(path), **tol)
 
 
+def _random_batch(config, devices, per_device):
+  """A [devices, per_device, ...] batch of noise images and random masks."""
+  s, k = config.data.image_size, config.data.shot
+  rng = np.random.default_rng(0)
+  lead = (devices, per_device)
+  return {'support_images': rng.normal(size=(*lead, k, s, s, 3)).astype(np.float32),
+          'support_labels': (rng.random((*lead, k, s, s)) < 0.3).astype(np.uint8),
+          'query_images': rng.normal(size=(*lead, s, s, 3)).astype(np.float32),
+          'query_labels': (rng.random((*lead, s, s)) < 0.3).astype(np.uint8)}
+
+
 @pytest.fixture(scope='module')
 def straight_run(tfds_dir, tmp_path_factory):
   """4 steps in one run on 4 devices: the reference for the resume tests."""
@@ -94,12 +105,7 @@ def test_guarded_step_leaves_state_unchanged(tfds_dir):
   devices = jax.local_devices()[:1]
   step = parallel.make_train_step(model, tx, config, learning_rate_schedule(config),
                                   trainable_labels(state.params, config), devices)
-  s, k = config.data.image_size, config.data.shot
-  rng = np.random.default_rng(0)
-  batch = {'support_images': rng.normal(size=(1, 2, k, s, s, 3)).astype(np.float32),
-           'support_labels': (rng.random((1, 2, k, s, s)) < 0.3).astype(np.uint8),
-           'query_images': rng.normal(size=(1, 2, s, s, 3)).astype(np.float32),
-           'query_labels': (rng.random((1, 2, s, s)) < 0.3).astype(np.uint8)}
+  batch = _random_batch(config, devices=1, per_device=2)
   before = jax.device_get(state)
   new, stats = step(parallel.replicate(state, devices), parallel.shard(batch, devices))
   assert parallel.host_scalars(stats)['finite'] == 0
@@ -181,12 +187,7 @@ def test_bfloat16_compute_keeps_float32_params_memory_and_loss(tfds_dir):
   devices = jax.local_devices()[:2]
   step = parallel.make_train_step(model, tx, config, learning_rate_schedule(config),
                                   trainable_labels(state.params, config), devices)
-  s, k = config.data.image_size, config.data.shot
-  rng = np.random.default_rng(0)
-  batch = {'support_images': rng.normal(size=(2, 1, k, s, s, 3)).astype(np.float32),
-           'support_labels': (rng.random((2, 1, k, s, s)) < 0.3).astype(np.uint8),
-           'query_images': rng.normal(size=(2, 1, s, s, 3)).astype(np.float32),
-           'query_labels': (rng.random((2, 1, s, s)) < 0.3).astype(np.uint8)}
+  batch = _random_batch(config, devices=2, per_device=1)
   new, stats = step(parallel.replicate(state, devices), parallel.shard(batch, devices))
   host = parallel.host_scalars(stats)
   assert host['finite'] == 1 and np.isfinite(host['loss'])

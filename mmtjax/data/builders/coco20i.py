@@ -89,7 +89,4 @@ class Coco20i(raw.RawBuilder):
 
   def split_classes(self, split, fold, training, indexed):
     del split, indexed
-    if fold < 0:
-      return tuple(range(1, 81))
-    novel = fold_classes(fold)
-    return tuple(c for c in range(1, 81) if (c in novel) != training)
+    return raw.fold_split(80, fold_classes(fold) if fold >= 0 else (), fold, training)

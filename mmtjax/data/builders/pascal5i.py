@@ -66,7 +66,4 @@ class Pascal5i(raw.RawBuilder):
 
   def split_classes(self, split, fold, training, indexed):
     del split, indexed
-    if fold < 0:
-      return tuple(range(1, 21))
-    novel = fold_classes(fold)
-    return tuple(c for c in range(1, 21) if (c in novel) != training)
+    return raw.fold_split(20, fold_classes(fold) if fold >= 0 else (), fold, training)

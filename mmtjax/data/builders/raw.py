@@ -199,6 +199,13 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
     return indexed
 
 
+def fold_split(num_classes: int, novel: tuple[int, ...], fold: int, training: bool) -> tuple[int, ...]:
+  """Classes 1..num_classes: all with fold -1, else a fold's base (training) or novel ones."""
+  if fold < 0:
+    return tuple(range(1, num_classes + 1))
+  return tuple(c for c in range(1, num_classes + 1) if (c in novel) != training)
+
+
 def write_report(builder: RawBuilder) -> None:
   """Writes the build report beside the data and logs a one-line summary per split."""
   if not builder.build_report:
