@@ -36,6 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       output_stride=8,
       backbone_bn='batch',       # 'batch' or 'running'
       freeze_backbone=False,     # the tiny backbone has no pretrained weights
+      pretrained=config_dict.placeholder(str),  # torchvision-style .pth for the backbone
       memory_stage='layer1',
       feature_stages=('layer2', 'layer3'),
       embed_dim=64,
@@ -56,6 +57,8 @@ def mmnet_model(**overrides) -> dict:
       output_stride=8,
       backbone_bn='batch',       # the official frozen backbone's BatchNorm runs in train mode
       freeze_backbone=True,
+      # PSPNet deep-stem ResNet-50 .pth (PFENet's initmodel/resnet50_v2.pth), read without PyTorch.
+      pretrained=config_dict.placeholder(str),
       reduce_dim=256,
       num_meta_classes=50,
       meta_init_std=1.0,

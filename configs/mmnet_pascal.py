@@ -3,7 +3,9 @@ r"""MM-Net on PASCAL-5i as in the paper and the official code.
   python train.py --config configs/mmnet_pascal.py:fold=0,shot=1 --workdir /ckpt/mmnet_f0_1s
   python evaluate.py --config configs/mmnet_pascal.py:fold=0,shot=1 --workdir /ckpt/mmnet_f0_1s
 
-ResNet-50 with the deep stem (frozen), 473 x 473 crops, batch 4, 200 epochs, SGD momentum 0.9,
+ResNet-50 with the deep stem (frozen; ImageNet weights from
+`--config.model.pretrained=/path/resnet50_v2.pth`, the PSPNet checkpoint
+PFENet and MM-Net start from), 473 x 473 crops, batch 4, 200 epochs, SGD momentum 0.9,
 weight decay 1e-4, lr 0.025 with poly decay (power 0.9) per step; loss
 CE_main + 1.0 mean CE_aux + 0.1 L_recon. Test: the PFENet/MM-Net protocol
 (5000 episodes, seed 321, longer side 473 plus padding, scored at the

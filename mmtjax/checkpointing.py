@@ -24,8 +24,13 @@ class CheckpointError(RuntimeError):
   """A checkpoint that cannot be used (missing, corrupt, or from another model)."""
 
 
+# Fields of those sections that do not change the network once trained.
+_NOT_IN_SIGNATURE = ('pretrained',)
+
+
 def _model_signature(config: dict) -> dict:
-  return {k: config.get(k) for k in _MODEL_FIELDS}
+  return {k: {f: v for f, v in (config.get(k) or {}).items() if f not in _NOT_IN_SIGNATURE}
+          for k in _MODEL_FIELDS}
 
 
 def _flatten(d: Any, prefix: str = '') -> dict:

@@ -10,11 +10,12 @@ from absl import flags
 from absl import logging as absl_logging
 
 from mmtjax.checkpointing import CheckpointError
+from mmtjax.weights.torch_pth import WeightsError
 
 T = TypeVar('T')
 # Errors a user can cause (bad config, paths, checkpoints, data): reported in
 # one line, without a traceback.
-USER_ERRORS = (ValueError, CheckpointError, PermissionError, FileNotFoundError, FloatingPointError)
+USER_ERRORS = (ValueError, WeightsError, CheckpointError, PermissionError, FileNotFoundError, FloatingPointError)
 
 
 def _fail(message: str) -> None:

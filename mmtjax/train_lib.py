@@ -21,8 +21,9 @@ from jax.experimental import multihost_utils
 from mmtjax import checkpointing, config_lib, eval_lib, parallel
 from mmtjax.data import datasets, pipeline, protocols
 from mmtjax.data.episodes import EpisodeSampler
-from mmtjax.models import get_model
+from mmtjax.models import backbones, get_model
 from mmtjax.state import create_train_state, learning_rate_schedule, trainable_labels
+from mmtjax.weights import convert
 
 
 def prepare_workdir(workdir: str) -> None:
@@ -135,6 +136,17 @@ def _validate(model, rstate, config, val_split, devices) -> float:
   return report['results'][mode]['miou']
 
 
+def _load_pretrained(state, config: ml_collections.ConfigDict):
+  """A fresh state whose backbone params and BatchNorm statistics come from model.pretrained."""
+  m = config.model
+  arch = backbones.get_backbone(m.backbone, stem=m.stem).arch
+  variables = convert.load_backbone(
+      m.pretrained, {'params': state.params, 'batch_stats': state.model_state['batch_stats']}, arch)
+  say(f'backbone weights from {m.pretrained}')
+  return state.replace(params=variables['params'],
+                       model_state={**state.model_state, 'batch_stats': variables['batch_stats']})
+
+
 class TrainResult(NamedTuple):
   model: Any
   state: Any  # Replicated TrainState.
@@ -190,6 +202,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
     state = restored
     logging.info('resumed from %s at step %d', ckpts.directory, latest)
     say(f'resuming from step {latest} ({ckpts.directory})')
+  elif config.model.get('pretrained'):
+    state = _load_pretrained(state, config)
   start = int(state.step)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   say(f'model {config.model.name} ({config.model.backbone}, {n_params / 1e6:.2f}M params) | '

@@ -1,0 +1,1 @@
+"""Pretrained weights: PyTorch checkpoints read without PyTorch, converted to Flax."""
