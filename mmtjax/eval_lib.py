@@ -30,7 +30,8 @@ def eval_modes(model_name: str) -> dict[str, bool]:
 def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
                        split: datasets.SplitData, *, split_name: str | None = None,
                        protocol: protocols.Protocol | None = None,
-                       modes: dict[str, bool] | None = None, devices=None) -> dict:
+                       modes: dict[str, bool] | None = None, devices=None,
+                       step_cache: dict | None = None) -> dict:
   """Runs a fixed, seeded episode list once per eval mode (e.g. memory transfer on and off).
 
   variables: replicated {'params', 'batch_stats', 'memory'} over `devices`
@@ -49,7 +50,12 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
   if modes is None:
     modes = eval_modes(config.model.name)
   output = 'logit_diff' if protocol.original_resolution else 'counts'
-  steps = {name: parallel.make_eval_step(model, transfer, devices, output) for name, transfer in modes.items()}
+  cache = {} if step_cache is None else step_cache
+  steps = {}
+  for name, transfer in modes.items():
+    if (transfer, output) not in cache:
+      cache[(transfer, output)] = parallel.make_eval_step(model, transfer, devices, output)
+    steps[name] = cache[(transfer, output)]
   meters = {name: metrics.SegmentationMeter() for name in modes}
   start = time.time()
   batches = pipeline.eval_batches(loader, episodes, (n_dev, per_device))

@@ -125,14 +125,14 @@ class StopSignal:
     return bool(np.any(flags))
 
 
-def _validate(model, rstate, config, val_split, devices) -> float:
+def _validate(model, rstate, config, val_split, devices, step_cache: dict) -> float:
   """mIoU on the validation episodes (the model's first eval mode), for the best checkpoint."""
   mode, transfer = next(iter(eval_lib.eval_modes(config.model.name).items()))
   report = eval_lib.evaluate_variables(
       model, parallel.eval_variables(rstate), config, val_split, split_name=config.data.val_split,
       protocol=protocols.Protocol('validation', config.eval.val_episodes, config.eval.seed + 1,
                                   config.data.image_size, 'square'),
-      modes={mode: transfer}, devices=devices)
+      modes={mode: transfer}, devices=devices, step_cache=step_cache)
   return report['results'][mode]['miou']
 
 
@@ -224,6 +224,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
   batches = pipeline.train_batches(loader, sampler, start_step=start, num_steps=end,
                                    shape=(n_dev, per_device), offset=jax.process_index() * local)
   pending: list[tuple[int, dict]] = []  # Per-step metrics not yet checked on the host.
+  val_steps: dict = {}  # Validation's compiled eval step, kept across validations.
   done = start
   with StopSignal() as stop, contextlib.ExitStack() as cleanup:
     cleanup.callback(ckpts.close)
@@ -252,7 +253,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
       if is_ckpt:
         ckpts.save(done, parallel.unreplicate(rstate), config)
       if is_eval:
-        miou = _validate(model, rstate, config, val_split, devices)
+        miou = _validate(model, rstate, config, val_split, devices, val_steps)
         log.write({'step': done, 'val': {'split': config.data.val_split, 'miou': miou}})
         say(f'validation {config.data.val_split} ({config.eval.val_episodes} episodes): mIoU {miou:.2f}')
         best_ckpts.save(done, parallel.unreplicate(rstate), config, metrics={'miou': miou})
