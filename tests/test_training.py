@@ -229,8 +229,9 @@ _WORKER = textwrap.dedent('''
 
 
 @pytest.mark.slow
-def test_two_processes_train_identical_parameters(tfds_dir, tmp_path):
+def test_two_processes_train_identical_parameters(tmp_path):
   workdir = str(tmp_path / 'run')
+  tfds_dir = str(tmp_path / 'tfds')  # Empty: process 0 builds the dataset, process 1 waits.
   port = 20000 + os.getpid() % 20000
   procs = []
   for pid in range(2):

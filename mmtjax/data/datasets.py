@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import jax
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 from mmtjax.data import episodes, synthetic
 from mmtjax.data.builders import (
@@ -53,6 +55,19 @@ def load_raw_builder(name: str, data_dir: str | None, manual_dir: str | None) ->
   return builder
 
 
+def _process_zero_first(prepare):
+  """Runs `prepare` (which may build a dataset) on process 0 first, then on the others.
+
+  Concurrent first builds by several processes would race on the same tfds
+  directory; the others start only once process 0 has finished.
+  """
+  if jax.process_count() == 1:
+    return prepare()
+  result = prepare() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices('mmtjax: dataset prepared on process 0')
+  return result if jax.process_index() == 0 else prepare()
+
+
 def load_split(data: ml_collections.ConfigDict, split: str, *, training: bool) -> SplitData:
   """The split's source, class index and the classes its episodes use.
 
@@ -67,13 +82,15 @@ def load_split(data: ml_collections.ConfigDict, split: str, *, training: bool) -
   if data.dataset == 'mmtjax_shapes':
     if split not in synthetic.SPLITS:
       raise ValueError(f'unknown split {split!r} of {data.dataset}; choose from {list(synthetic.SPLITS)}')
-    builder = embedded.load_builder(data.builder_config, data.data_dir)
+    builder = _process_zero_first(lambda: embedded.load_builder(data.builder_config, data.data_dir))
   else:
-    builder = load_raw_builder(data.dataset, data.data_dir, data.get('manual_dir'))
+    builder = _process_zero_first(lambda: load_raw_builder(data.dataset, data.data_dir,
+                                                           data.get('manual_dir')))
     if split not in builder.SPLITS:
       raise ValueError(f'unknown split {split!r} of {data.dataset}; choose from {list(builder.SPLITS)}')
   source = builder.as_data_source(split)
-  index = episodes.cached_class_index(source, os.fspath(builder.data_dir), split, data.min_pixels)
+  index = _process_zero_first(lambda: episodes.cached_class_index(
+      source, os.fspath(builder.data_dir), split, data.min_pixels))
   if data.dataset == 'mmtjax_shapes':
     classes = _embedded_classes(data, split, training)
   else:
