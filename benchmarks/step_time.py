@@ -1,10 +1,11 @@
-r"""Step time of `mmt` vs `baseline` on the same input (not a test).
+r"""Step time of `mmt` vs `baseline` (and the CPU-sized `mmnet`) on the same input (not a test).
 
   python benchmarks/step_time.py                      # default config sizes
   python benchmarks/step_time.py --image_size 96 --batch 16 --iters 50
 
 Reports the median wall time of
-  - the train step (mmt trains two branches: original and re-styled features),
+  - the train step (mmt trains two branches: original and re-styled features;
+    mmnet is configs/default.py:model=mmnet),
   - the eval step with the memory transfer on and off,
   - the style-memory update alone (statistics, EMA step, re-styling),
 on whatever device JAX picks, and prints the device and the command.
@@ -56,7 +57,7 @@ def main():
   batch = parallel.shard(host)
   print(f'device: {jax.devices()[0].device_kind} x{n_dev} | command: {" ".join(sys.argv)}')
   rows = {}
-  for name in ('baseline', 'mmt'):
+  for name in ('baseline', 'mmt', 'mmnet'):
     config = default.get_config(f'model={name},shot={k}')
     config.data.image_size = s
     model = get_model(config, axis_name=parallel.AXIS)
