@@ -47,6 +47,18 @@ def _random_batch(config, devices, per_device):
           'query_labels': (rng.random((*lead, s, s)) < 0.3).astype(np.uint8)}
 
 
+def _one_step(config, n_devices, per_device):
+  """One pmap'd train step from a fresh state: (model, state, host batch, new state, metrics)."""
+  model = get_model(config, axis_name=parallel.AXIS)
+  state, tx = create_train_state(model, config)
+  devices = jax.local_devices()[:n_devices]
+  step = parallel.make_train_step(model, tx, config, learning_rate_schedule(config),
+                                  trainable_labels(state.params, config), devices)
+  batch = _random_batch(config, devices=n_devices, per_device=per_device)
+  new, stats = step(parallel.replicate(jax.device_get(state), devices), parallel.shard(batch, devices))
+  return model, state, batch, new, stats
+
+
 @pytest.fixture(scope='module')
 def straight_run(tfds_dir, tmp_path_factory):
   """4 steps in one run on 4 devices: the reference for the resume tests."""
@@ -100,16 +112,9 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_checkpoints(tfds_dir, tm
 def test_guarded_step_leaves_state_unchanged(tfds_dir):
   config = tiny_config(tfds_dir)
   config.loss.orth = float('nan')
-  model = get_model(config, axis_name=parallel.AXIS)
-  state, tx = create_train_state(model, config)
-  devices = jax.local_devices()[:1]
-  step = parallel.make_train_step(model, tx, config, learning_rate_schedule(config),
-                                  trainable_labels(state.params, config), devices)
-  batch = _random_batch(config, devices=1, per_device=2)
-  before = jax.device_get(state)
-  new, stats = step(parallel.replicate(state, devices), parallel.shard(batch, devices))
+  _, state, _, new, stats = _one_step(config, n_devices=1, per_device=2)
   assert parallel.host_scalars(stats)['finite'] == 0
-  _assert_states_close(parallel.unreplicate(new), before, rtol=0, atol=0)
+  _assert_states_close(parallel.unreplicate(new), jax.device_get(state), rtol=0, atol=0)
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tfds_dir, tmp_path, caplog):
@@ -182,13 +187,7 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tfds_dir, tmp_p
 def test_bfloat16_compute_keeps_float32_params_memory_and_loss(tfds_dir):
   config = tiny_config(tfds_dir)
   config.compute_dtype = 'bfloat16'
-  model = get_model(config, axis_name=parallel.AXIS)
-  state, tx = create_train_state(model, config)
-  devices = jax.local_devices()[:2]
-  step = parallel.make_train_step(model, tx, config, learning_rate_schedule(config),
-                                  trainable_labels(state.params, config), devices)
-  batch = _random_batch(config, devices=2, per_device=1)
-  new, stats = step(parallel.replicate(state, devices), parallel.shard(batch, devices))
+  model, state, batch, new, stats = _one_step(config, n_devices=2, per_device=1)
   host = parallel.host_scalars(stats)
   assert host['finite'] == 1 and np.isfinite(host['loss'])
   assert stats['loss'].dtype == jnp.float32
