@@ -58,7 +58,9 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
     steps[name] = cache[(transfer, output)]
   meters = {name: metrics.SegmentationMeter() for name in modes}
   start = time.time()
-  batches = pipeline.eval_batches(loader, episodes, (n_dev, per_device))
+  # Multi-process: every process scores its own slice of each global batch.
+  batches = pipeline.eval_batches(loader, episodes, (n_dev, per_device), jax.process_index(),
+                                  jax.process_count())
 
   def put(b):
     return b, parallel.shard({k: v for k, v in b.items() if k != 'original_labels'}, devices)
@@ -70,6 +72,8 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
         out = np.stack([metrics.original_resolution_counts(d, m) for d, m in
                         zip(out.reshape(-1, *out.shape[2:]), host['original_labels'])])
       meters[name].add(host['class_id'], out, host['valid'])
+  for m in meters.values():
+    m.merge_processes(split.classes)
   results = {name: m.result() for name, m in meters.items()}
   return {'split': split_name or config.data.test_split, 'shot': config.data.shot,
           'protocol': protocol.name, 'num_episodes': len(episodes),

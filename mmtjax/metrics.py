@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from mmtjax import ops
 
@@ -76,6 +77,27 @@ class SegmentationMeter:
         self.per_class[int(c)] += n
         self.total += n
         self.episodes += 1
+
+  def merge_processes(self, classes) -> None:
+    """Sums the meters of every process (each evaluated its own slice of the episodes).
+
+    Counts travel as two int32 halves (JAX runs without 64-bit types) and
+    are reassembled as int64.
+    """
+    if jax.process_count() == 1:
+      return
+    classes = sorted(int(c) for c in classes)
+    table = np.zeros((len(classes) + 1, 5), np.int64)
+    for i, c in enumerate(classes):
+      table[i, :4] = self.per_class.get(c, 0)
+    table[-1, :4], table[-1, 4] = self.total, self.episodes
+    present = np.array([c in self.per_class for c in classes] + [True], np.int32)
+    low, high = (table & 0x7FFFFFFF).astype(np.int32), (table >> 31).astype(np.int32)
+    low, high, present = (np.asarray(x) for x in multihost_utils.process_allgather((low, high, present)))
+    table = (high.astype(np.int64) << 31) + low.astype(np.int64)
+    table, present = table.sum(axis=0), present.max(axis=0)
+    self.per_class = {c: table[i, :4] for i, c in enumerate(classes) if present[i]}
+    self.total, self.episodes = table[-1, :4], int(table[-1, 4])
 
   def result(self) -> dict:
     iou = {c: 100.0 * v[0] / max(v[1], 1) for c, v in sorted(self.per_class.items())}

@@ -209,6 +209,7 @@ def test_bfloat16_compute_keeps_float32_params_memory_and_loss(tfds_dir):
 
 
 _WORKER = textwrap.dedent('''
+    import json
     import sys
     import jax
     import numpy as np
@@ -218,9 +219,14 @@ _WORKER = textwrap.dedent('''
     config = tiny_config(sys.argv[1])
     config.train.num_steps = 2
     config.train.batch_size = 8  # 2 processes x 4 devices (conftest's XLA_FLAGS)
-    rstate = train_lib.train(config, sys.argv[2]).state
-    flat = jax.tree_util.tree_leaves_with_path(parallel.unreplicate(rstate))
+    config.eval.num_episodes = 12  # 2 global eval batches of 8; process 1's second is padding
+    result = train_lib.train(config, sys.argv[2])
+    flat = jax.tree_util.tree_leaves_with_path(parallel.unreplicate(result.state))
     np.savez(sys.argv[3], **{jax.tree_util.keystr(k): v for k, v in flat})
+    report = train_lib.eval_lib.evaluate_variables(
+        result.model, parallel.eval_variables(result.state), config,
+        train_lib.datasets.load_split(config.data, config.data.test_split, training=False))
+    print('report', json.dumps(report['results'], sort_keys=True), flush=True)
     ckpts = train_lib.checkpointing.Checkpoints(sys.argv[2], create=False)
     print('steps', ckpts.all_steps(), 'process', jax.process_index(), 'of', jax.process_count(),
           'devices', jax.device_count(), flush=True)
@@ -249,3 +255,14 @@ def test_two_processes_train_identical_parameters(tmp_path):
   assert sorted(p0) == sorted(p1) and len(p0) > 0
   for key in p0:
     np.testing.assert_array_equal(p0[key], p1[key], err_msg=key)
+  # Each process scored half of the episodes; the merged report is the whole list's,
+  # the same on both processes and equal to a single-process evaluation.
+  reports = [json.loads(out.split('report ', 1)[1].splitlines()[0]) for out in outs]
+  assert reports[0] == reports[1]
+  config = tiny_config(tfds_dir)
+  config.eval.num_episodes = 12
+  single = eval_lib.evaluate(config, workdir)['results']
+  for mode, r in single.items():
+    assert reports[0][mode]['episodes'] == r['episodes'] == 12
+    assert reports[0][mode]['miou'] == pytest.approx(r['miou'], abs=1e-9)
+    assert reports[0][mode]['fb_iou'] == pytest.approx(r['fb_iou'], abs=1e-9)

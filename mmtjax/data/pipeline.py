@@ -87,12 +87,18 @@ class EpisodeLoader:
     return out
 
   def batch(self, episodes: Sequence[Episode], keys: Sequence[Sequence[int]],
-            shape: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Stacks episodes into a [devices, per_device, ...] batch, padding with invalid copies."""
+            shape: tuple[int, int], num_valid: int | None = None) -> dict[str, np.ndarray]:
+    """Stacks episodes into a [devices, per_device, ...] batch, padding with invalid copies.
+
+    Episodes from index `num_valid` on (default: none) are marked invalid too.
+    """
     total = shape[0] * shape[1]
     if len(episodes) > total:
       raise ValueError(f'{len(episodes)} episodes do not fit a batch of {total}')
     items = list(self.pool.map(self.load, episodes, keys))
+    if num_valid is not None:
+      for item in items[num_valid:]:
+        item['valid'] = np.bool_(False)
     while len(items) < total:
       items.append({**items[0], 'valid': np.bool_(False)})
     # Original-resolution masks differ in size: kept as a list, on the host only.
@@ -121,13 +127,22 @@ def train_batches(loader: EpisodeLoader, sampler: EpisodeSampler, *, start_step:
     yield step, loader.batch(episodes, [(step, i) for i in ids], shape)
 
 
-def eval_batches(loader: EpisodeLoader, episodes: Sequence[Episode], shape: tuple[int, int]
-                 ) -> Iterator[dict[str, np.ndarray]]:
-  """The fixed episode list in padded batches (padding has valid=False)."""
+def eval_batches(loader: EpisodeLoader, episodes: Sequence[Episode], shape: tuple[int, int],
+                 process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """The fixed episode list in padded batches (padding has valid=False).
+
+  With several processes, each global batch of process_count x local
+  episodes is split into per-process slices: every process takes part in
+  every step (the eval step is one SPMD program) and scores only its slice.
+  """
   n = shape[0] * shape[1]
-  for start in range(0, len(episodes), n):
-    chunk = episodes[start:start + n]
-    yield loader.batch(chunk, [(-1, start + i) for i in range(len(chunk))], shape)
+  for start in range(0, len(episodes), n * process_count):
+    first = start + process_index * n
+    chunk = list(episodes[first:first + n])
+    valid = len(chunk)
+    if not chunk:  # This process has nothing left in the last global batch: pure padding.
+      chunk, valid = [episodes[start]], 0
+    yield loader.batch(chunk, [(-1, first + i) for i in range(len(chunk))], shape, num_valid=valid)
 
 
 def prefetch(iterator: Iterator, put: Callable, size: int = 2) -> Iterator:
