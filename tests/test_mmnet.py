@@ -238,3 +238,18 @@ def test_an_all_background_shot_is_finite_and_down_weighted():
 
   loss, grads = jax.value_and_grad(loss_fn)(variables['params'])
   assert np.isfinite(loss) and all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+
+
+def test_the_paper_configuration_has_the_published_shapes():
+  from configs import mmnet_pascal
+  config = mmnet_pascal.get_config('fold=0,shot=5')
+  model = get_model(config)
+  args = (jnp.zeros((1, 5, 473, 473, 3)), jnp.zeros((1, 5, 473, 473), jnp.uint8), jnp.zeros((1, 473, 473, 3)))
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args, train=False))
+  assert variables['params']['meta']['memory'].shape == (256, 50)
+  assert variables['params']['head']['init_merge_0']['Conv_0']['kernel'].shape == (1, 1, 51, 256)
+  assert variables['params']['down_query']['Conv_0']['kernel'].shape == (1, 1, 1536, 256)
+  out, _ = jax.eval_shape(lambda v: model.apply(v, *args, train=True, rngs={'dropout': jax.random.PRNGKey(1)},
+                                                mutable=['batch_stats']), variables)
+  assert out['logits'].shape == (1, 473, 473, 2) and out['shot_weights'].shape == (1, 5, 60, 60)
+  assert out['aux_logits'].shape == (4, 1, 473, 473, 2)

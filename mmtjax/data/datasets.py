@@ -82,7 +82,8 @@ def load_split(data: ml_collections.ConfigDict, split: str, *, training: bool) -
   if data.dataset == 'mmtjax_shapes':
     if split not in synthetic.SPLITS:
       raise ValueError(f'unknown split {split!r} of {data.dataset}; choose from {list(synthetic.SPLITS)}')
-    builder = _process_zero_first(lambda: embedded.load_builder(data.builder_config, data.data_dir))
+    builder = _process_zero_first(lambda: embedded.load_builder(data.get('builder_config', 'default'),
+                                                                data.data_dir))
   else:
     builder = _process_zero_first(lambda: load_raw_builder(data.dataset, data.data_dir,
                                                            data.get('manual_dir')))
