@@ -2,7 +2,9 @@ r"""Foreground IoU of a trained checkpoint on a fold's base vs novel classes (a 
 
   python benchmarks/base_vs_novel.py --config_arg model=mmnet,fold=0 --workdir /tmp/mmnet_f0
 
-Uses configs/default.py with the given arg, the held-out images of
+Uses configs/default.py with the given arg (the model section comes from the
+checkpoint, so runs trained with --config.model overrides load as they
+were), the held-out images of
 `source_test`, and two support choices: the sampled support, and the query
 itself as its own support (an upper bound for using the support). A model
 that segments base classes but not novel ones has learnt its training
@@ -13,6 +15,7 @@ import argparse
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 
 sys.path.insert(0, '.')
@@ -33,9 +36,13 @@ def main():
   config = default.get_config(args.config_arg)
   if config.data.fold < 0:
     raise SystemExit('error: needs a fold (e.g. --config_arg fold=0) to tell base from novel classes')
+  ckpts = checkpointing.Checkpoints(args.workdir, create=False)
+  if ckpts.latest_step() is None:
+    raise SystemExit(f'error: no checkpoint in {args.workdir}')
+  # The network as the run saved it (any --config.model overrides it was trained with).
+  config.model = ml_collections.ConfigDict(ckpts.saved_config(ckpts.latest_step())['model'])
   model = get_model(config)
   template, _ = create_train_state(model, config)
-  ckpts = checkpointing.Checkpoints(args.workdir, create=False)
   step, state = ckpts.restore_latest(jax.device_get(template), config)
   if step is None:
     raise SystemExit(f'error: no checkpoint in {args.workdir}')

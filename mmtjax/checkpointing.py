@@ -128,6 +128,16 @@ class Checkpoints:
         logging.warning('%s; moved it to %s and trying the previous checkpoint', e, moved)
     return None, None
 
+  def restore_raw(self, step: int | None = None) -> dict:
+    """The saved TrainState as a plain dict of arrays, without a template (latest by default)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f'no checkpoints in {self.directory}')
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+    except Exception as e:
+      raise CheckpointError(f'checkpoint {self.directory}/{step} is unreadable: {_first_line(e)}') from e
+
   def _quarantine(self, step: int) -> str:
     target_dir = os.path.join(self.workdir, 'corrupt_checkpoints')
     target = os.path.join(target_dir, str(step))

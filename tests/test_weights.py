@@ -247,3 +247,28 @@ def test_training_starts_from_the_pretrained_backbone(tfds_dir, tmp_path):
   from mmtjax import checkpointing
   assert checkpointing._model_signature({'model': {'pretrained': 'a', 'x': 1}}) == \
       checkpointing._model_signature({'model': {'pretrained': 'b', 'x': 1}})
+
+
+def test_backbone_from_another_mmtjax_run(tfds_dir, tmp_path):
+  from mmtjax import checkpointing, train_lib
+  from mmtjax.models import get_model
+  from mmtjax.state import create_train_state
+  from tests.conftest import tiny_config
+  source = tiny_config(tfds_dir)  # an MMT run ...
+  train_lib.train(source, str(tmp_path / 'mmt'), stop_after_steps=1)
+  saved = checkpointing.Checkpoints(str(tmp_path / 'mmt'), create=False).restore_raw()
+  config = tiny_config(tfds_dir, 'model=mmnet')  # ... gives its backbone to MM-Net
+  config.model.pretrained = str(tmp_path / 'mmt')
+  state, _ = create_train_state(get_model(config), config)
+  loaded = train_lib._load_pretrained(jax.device_get(state), config)
+  for got, want in zip(jax.tree.leaves(loaded.params['encoder']), jax.tree.leaves(saved['params']['encoder'])):
+    np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(loaded.model_state['batch_stats']['encoder']['stages_0']['BatchNorm_0']['mean'],
+                                saved['model_state']['batch_stats']['encoder']['stages_0']['BatchNorm_0']['mean'])
+  other = tiny_config(tfds_dir, 'model=mmnet')
+  other.model.backbone = 'resnet50'
+  other.model.pretrained = str(tmp_path / 'mmt')
+  big = jax.eval_shape(lambda: create_train_state(get_model(other), other)[0])
+  with pytest.raises(torch_pth.WeightsError, match='has shape .* the model needs'):
+    convert.load_backbone(other.model.pretrained, {'params': big.params, 'batch_stats': big.model_state['batch_stats']},
+                          'resnet')

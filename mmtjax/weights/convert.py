@@ -11,6 +11,7 @@ tensor of its shape; classifier weights (fc.*, classifier.*) are ignored.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -91,10 +92,38 @@ def backbone_from_torch(state_dict: dict[str, np.ndarray], template: dict, arch:
   return out
 
 
+def _from_mmtjax_run(workdir: str, template: dict) -> dict:
+  """The backbone of another mmtjax run's latest checkpoint (same backbone config)."""
+  from mmtjax import checkpointing  # noqa: PLC0415  (avoids an import cycle through models)
+  ckpts = checkpointing.Checkpoints(workdir, create=False)
+  saved = ckpts.restore_raw()
+  ckpts.close()
+  loaded = {'params': saved['params'].get('encoder'),
+            'batch_stats': saved['model_state'].get('batch_stats', {}).get('encoder')}
+
+  def take(path, leaf):
+    node = loaded
+    for p in path:
+      key = getattr(p, 'key', p)
+      if not isinstance(node, dict) or key not in node:
+        raise WeightsError(f'the run in {workdir} has no backbone variable {jax.tree_util.keystr(path)}')
+      node = node[key]
+    if np.shape(node) != leaf.shape:
+      raise WeightsError(f'backbone variable {jax.tree_util.keystr(path)} has shape {np.shape(node)} in '
+                         f'{workdir}; the model needs {leaf.shape}')
+    return np.asarray(node, np.float32)
+
+  return jax.tree_util.tree_map_with_path(take, template)
+
+
 def load_backbone(path: str, variables: dict, arch: str) -> dict:
-  """`variables` (params and batch_stats of a model) with their 'encoder' parts from `path`."""
-  template = {c: variables[c]['encoder'] for c in ('params', 'batch_stats')}
-  loaded = backbone_from_torch(load_state_dict(path), jax.device_get(template), arch)
+  """`variables` (params and batch_stats of a model) with their 'encoder' parts from `path`:
+  a PyTorch .pth file, or the workdir of another mmtjax run (its latest checkpoint)."""
+  template = jax.device_get({c: variables[c]['encoder'] for c in ('params', 'batch_stats')})
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    loaded = _from_mmtjax_run(path, template)
+  else:
+    loaded = backbone_from_torch(load_state_dict(path), template, arch)
   out: dict[str, Any] = {c: dict(variables[c]) for c in variables}
   for c in ('params', 'batch_stats'):
     out[c]['encoder'] = loaded[c]
