@@ -34,12 +34,8 @@ MIN_REGION = 0.048
 
 def colour_classes(mask_rgb: np.ndarray) -> np.ndarray:
   """[H, W, 3] colour mask -> [H, W] class ids (255 unknown)."""
-  bits = (mask_rgb[..., :3] >= 128).astype(np.uint8)
-  code = bits[..., 0] * 4 + bits[..., 1] * 2 + bits[..., 2]
-  lut = np.full(8, raw.IGNORE, np.uint8)
-  for (r, g, b), c in COLOURS.items():
-    lut[r * 4 + g * 2 + b] = c
-  return lut[code]
+  codes = {r * 4 + g * 2 + b: c for (r, g, b), c in COLOURS.items()}
+  return raw.colour_classes(mask_rgb, codes, raw.IGNORE)
 
 
 def keep_tile(label: np.ndarray) -> bool:

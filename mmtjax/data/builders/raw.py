@@ -63,6 +63,16 @@ class Example(NamedTuple):
   class_id: int = 1  # the class of a binary label
 
 
+def colour_classes(mask_rgb: np.ndarray, classes: dict[int, int], default: int) -> np.ndarray:
+  """Colour-coded mask -> class ids: channels thresholded at 128 give a 3-bit code
+  R*4 + G*2 + B, looked up in `classes` (code -> id); other codes become `default`."""
+  bits = (mask_rgb[..., :3] >= 128).astype(np.uint8)
+  lut = np.full(8, default, np.uint8)
+  for code, class_id in classes.items():
+    lut[code] = class_id
+  return lut[bits[..., 0] * 4 + bits[..., 1] * 2 + bits[..., 2]]
+
+
 class Item:
   """One raw file (pair) to build: `load()` returns its examples (several for tiled images)."""
 

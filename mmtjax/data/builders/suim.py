@@ -29,12 +29,7 @@ PARTS = ('train_val', 'TEST')
 
 def colour_classes(mask_rgb: np.ndarray) -> np.ndarray:
   """[H, W, 3] SUIM colour mask -> [H, W] class ids (0 background)."""
-  bits = (mask_rgb[..., :3] >= 128).astype(np.uint8)
-  code = bits[..., 0] * 4 + bits[..., 1] * 2 + bits[..., 2]
-  lut = np.zeros(8, np.uint8)
-  for c, i in _CODES.items():
-    lut[c] = i
-  return lut[code]
+  return raw.colour_classes(mask_rgb, _CODES, 0)
 
 
 def _label(path: str) -> np.ndarray:
