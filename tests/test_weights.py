@@ -272,3 +272,71 @@ def test_backbone_from_another_mmtjax_run(tfds_dir, tmp_path):
   with pytest.raises(torch_pth.WeightsError, match='has shape .* the model needs'):
     convert.load_backbone(other.model.pretrained, {'params': big.params, 'batch_stats': big.model_state['batch_stats']},
                           'resnet')
+
+
+class _Payload:
+  """Pickles to a call that would create `marker` if anything ran it."""
+
+  def __init__(self, kind, marker):
+    self.kind, self.marker = kind, marker
+
+  def __reduce__(self):
+    import subprocess
+    if self.kind == 'os.system':
+      return os.system, (f'touch {self.marker}',)
+    if self.kind == 'eval':
+      return eval, (f"open({self.marker!r}, 'w').close()",)
+    return subprocess.call, (['touch', self.marker],)
+
+
+def _legacy_with(path, position, payload):
+  """A legacy-layout .pth whose pickle at `position` is the payload (the rest is well formed)."""
+  parts = {'magic': 0x1950a86a20f9469cfc6c, 'protocol': 1001, 'sys_info': {'little_endian': True},
+           'object': collections.OrderedDict(w=payload) if position == 'nested' else
+           collections.OrderedDict(), 'keys': []}
+  if position in parts:
+    parts[position] = payload
+  with open(path, 'wb') as f:
+    for name in ('magic', 'protocol', 'sys_info', 'object', 'keys'):
+      pickle.dump(parts[name], f, protocol=2)
+
+
+@pytest.mark.parametrize('kind', ['os.system', 'eval', 'subprocess'])
+@pytest.mark.parametrize('layout', ['bare', 'legacy:magic', 'legacy:protocol', 'legacy:sys_info',
+                                    'legacy:object', 'legacy:nested', 'legacy:keys', 'zip:data.pkl',
+                                    'zip:nested'])
+def test_no_code_runs_from_a_weights_file(tmp_path, kind, layout):
+  marker = str(tmp_path / 'ran')
+  payload = _Payload(kind, marker)
+  path = str(tmp_path / 'evil.pth')
+  if layout == 'bare':
+    with open(path, 'wb') as f:
+      pickle.dump(payload, f, protocol=2)
+  elif layout.startswith('legacy:'):
+    _legacy_with(path, layout.split(':')[1], payload)
+  else:
+    obj = payload if layout == 'zip:data.pkl' else {'state_dict': collections.OrderedDict(w=payload)}
+    with zipfile.ZipFile(path, 'w') as z:
+      z.writestr('archive/data.pkl', pickle.dumps(obj, protocol=2))
+  with pytest.raises(torch_pth.WeightsError) as err:
+    torch_pth.load_state_dict(path)
+  assert not os.path.exists(marker)
+  assert '\n' not in str(err.value) and 'unsupported object' in str(err.value)
+
+
+def test_the_cli_reports_a_malicious_weights_file_in_one_line(tmp_path, tfds_dir):
+  import subprocess
+  marker = tmp_path / 'ran'
+  path = str(tmp_path / 'evil.pth')
+  with open(path, 'wb') as f:
+    pickle.dump(_Payload('os.system', str(marker)), f, protocol=2)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, os.path.join(repo, 'train.py'), '--config',
+                        os.path.join(repo, 'configs/default.py'), '--workdir', str(tmp_path / 'w'),
+                        f'--config.model.pretrained={path}', f'--config.data.data_dir={tfds_dir}',
+                        '--config.data.builder_config=tiny', '--config.train.num_steps=1'],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert out.returncode == 2, out.stderr
+  assert not marker.exists()
+  lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+  assert len(lines) == 1 and lines[0].startswith('error: ') and 'evil.pth' in lines[0], out.stderr

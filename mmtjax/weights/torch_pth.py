@@ -6,9 +6,12 @@ Both on-disk formats are supported:
 - the legacy format (torch < 1.6, e.g. PSPNet's resnet50_v2.pth): a magic
   number, protocol and system-info pickles, the object pickle, the list of
   storage keys, then each storage as an int64 element count and its bytes.
-Unpickling is restricted to the few objects a state dict holds (tensors,
-storages, OrderedDict); anything else is refused, so loading a file cannot
-run code from it.
+Every pickle in either format (the legacy header pickles and storage-key list
+included) goes through one restricted unpickler that resolves only the few
+globals a state dict needs (tensor and parameter rebuilds, storage types,
+OrderedDict); any other global is refused before it is looked up, so reading a
+file never runs code from it. Plain containers (dict, list, tuple, str,
+numbers) need no global and load as usual.
 """
 
 from __future__ import annotations
@@ -52,7 +55,14 @@ class _Storage:
 
 
 def _rebuild_tensor(storage: _Storage, offset: int, size, stride, *_):
+  if not (isinstance(storage, _Storage) and isinstance(offset, int) and _is_int_tuple(size)
+          and _is_int_tuple(stride) and len(size) == len(stride)):
+    raise pickle.UnpicklingError('malformed tensor record')
   return _Tensor(storage, offset, tuple(size), tuple(stride))
+
+
+def _is_int_tuple(x) -> bool:
+  return isinstance(x, (tuple, list)) and all(isinstance(v, int) and v >= 0 for v in x)
 
 
 class _Tensor:
@@ -91,8 +101,13 @@ _ALLOWED = {
 
 
 class _Unpickler(pickle.Unpickler):
+  """The only unpickler this module uses: globals from _ALLOWED and torch storage types only.
 
-  def __init__(self, file, load_storage):
+  load_storage: resolves persistent ids ('storage', type, key, location, numel, ...);
+  None for the pickles that hold no tensors (legacy header, storage keys).
+  """
+
+  def __init__(self, file, load_storage=None):
     super().__init__(file)
     self._load_storage = load_storage
 
@@ -104,9 +119,15 @@ class _Unpickler(pickle.Unpickler):
     raise pickle.UnpicklingError(f'unsupported object in a state dict: {module}.{name}')
 
   def persistent_load(self, pid):
-    if not isinstance(pid, tuple) or not pid or pid[0] != 'storage':
-      raise pickle.UnpicklingError(f'unsupported persistent id {pid!r}')
+    if (self._load_storage is None or not isinstance(pid, tuple) or len(pid) < 5 or pid[0] != 'storage'
+        or not isinstance(pid[1], _StorageType) or not isinstance(pid[2], str)
+        or not isinstance(pid[4], int) or pid[4] < 0):
+      raise pickle.UnpicklingError(f'unsupported persistent id {pid!r:.80}')
     return self._load_storage(*pid[1:])
+
+
+def _safe_load(f, load_storage=None) -> Any:
+  return _Unpickler(f, load_storage).load()
 
 
 def _resolve(obj: Any) -> Any:
@@ -137,15 +158,17 @@ def _load_zip(path: str) -> Any:
                                  np.frombuffer(raw, dtype))
       return storages[key]
 
-    return _resolve(_Unpickler(io.BytesIO(z.read(pkl)), load_storage).load())
+    return _resolve(_safe_load(io.BytesIO(z.read(pkl)), load_storage))
 
 
 def _load_legacy(path: str) -> Any:
   with open(path, 'rb') as f:
-    if pickle.load(f) != _LEGACY_MAGIC:
+    # Even the header goes through the restricted unpickler: a file that is a
+    # bare pickle is refused here, before anything in it is called.
+    if _safe_load(f) != _LEGACY_MAGIC:
       raise WeightsError(f'{path}: not a PyTorch checkpoint (bad magic number)')
-    pickle.load(f)  # protocol version
-    pickle.load(f)  # system info
+    _safe_load(f)  # protocol version
+    _safe_load(f)  # system info
     storages: dict[str, _Storage] = {}
     views = []
 
@@ -154,14 +177,16 @@ def _load_legacy(path: str) -> Any:
       if key not in storages:
         storages[key] = _Storage(storage_type.dtype, numel)
       if view_metadata is not None:
-        view_key, offset, size = view_metadata
+        _, offset, size = view_metadata
         view = _Storage(storage_type.dtype, size)
         views.append((view, storages[key], offset))
         return view
       return storages[key]
 
-    obj = _Unpickler(f, load_storage).load()
-    keys = pickle.load(f)
+    obj = _safe_load(f, load_storage)
+    keys = _safe_load(f)
+    if not isinstance(keys, list) or any(k not in storages for k in keys):
+      raise WeightsError(f'{path}: malformed storage key list')
     for key in keys:
       storage = storages[key]
       (numel,) = struct.unpack('<q', f.read(8))
@@ -182,8 +207,10 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     obj = _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
   except WeightsError:
     raise
-  except (pickle.UnpicklingError, EOFError, KeyError, ValueError, struct.error, zipfile.BadZipFile) as e:
-    raise WeightsError(f'{path} is not a readable PyTorch state dict: {type(e).__name__}: {e}') from e
+  except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError, IndexError,
+          struct.error, zipfile.BadZipFile, OverflowError, MemoryError) as e:
+    detail = ' '.join(str(e).split())[:200]
+    raise WeightsError(f'{path} is not a readable PyTorch state dict: {type(e).__name__}: {detail}') from e
   if isinstance(obj, dict) and 'state_dict' in obj and isinstance(obj['state_dict'], dict):
     obj = obj['state_dict']
   if not isinstance(obj, dict):
