@@ -5,7 +5,9 @@ r"""Evaluates a checkpoint on the config's fixed, seeded test episodes.
   python evaluate.py --config configs/default.py --workdir /tmp/mmt --best
 
 Prints mIoU, FB-IoU and per-class IoU with the memory transfer on and off,
-and writes the same table as JSON (--output, default <workdir>/eval_stepN.json).
+and writes the same table as JSON (--output, default
+<workdir>/eval_<latest|best>_step<N>_<split>_<K>shot_<protocol>.json; an
+existing report is never replaced: a .1, .2, ... suffix is added).
 """
 
 from absl import app, flags
@@ -26,10 +28,13 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  cli.run(distributed.maybe_initialize)
+  cli.run(distributed.maybe_initialize, _WORKDIR.value)
   report = cli.run(lambda: evaluate(_CONFIG.value, _WORKDIR.value, step=_STEP.value,
-                                    output=_OUTPUT.value, best=_BEST.value))
+                                    output=_OUTPUT.value, best=_BEST.value), _WORKDIR.value)
   print(format_report(report))
+  for key, what in (('report_path', 'report'), ('memory_picture', 'memory picture')):
+    if report.get(key):
+      print(f'{what}: {report[key]}')
 
 
 if __name__ == '__main__':

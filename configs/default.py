@@ -43,7 +43,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       dropout=0.1,
       cosine_scale=20.0,
   )
-  config.memory = dict(num_items=8, momentum=0.95, alpha=0.5, tau=0.1, eps=1e-5)
+  # docs/assumptions.md gives the measurements behind these values.
+  config.memory = dict(num_items=8, momentum=0.95, alpha=0.5, tau=0.1, eps=1e-5,
+                       similarity='centered_cosine',  # or 'cosine' (plain, collapses: docs)
+                       assignment='nearest',       # or 'batch' (the paper's text: every image updates every item)
+                       reseed_threshold=0.01)      # usage share under which an item is re-seeded
   config.loss = dict(orth=0.1, cont=0.1)
   return _shared(config, arg)
 

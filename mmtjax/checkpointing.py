@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import glob
 import json
-import logging
 import os
 import shutil
+import socket
+import time
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+
+from mmtjax.errors import UserError, warn
 
 # Config sections that define the network: a checkpoint is only restorable
 # under a config that agrees on these.
@@ -20,7 +26,7 @@ SUBDIR = 'checkpoints'  # The latest max_to_keep checkpoints.
 BEST_SUBDIR = 'checkpoints_best'  # The best one by validation mIoU.
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
   """A checkpoint that cannot be used (missing, corrupt, or from another model)."""
 
 
@@ -62,6 +68,12 @@ class Checkpoints:
                subdir: str = SUBDIR, best_metric: str | None = None):
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, subdir)
+    self.failed = False
+    if create and jax.process_index() == 0:
+      # A save interrupted by a crash or a full disk leaves a temporary
+      # directory; only the trainer (holding the workdir lock) removes them.
+      for tmp in glob.glob(os.path.join(self.directory, '*.orbax-checkpoint-tmp*')):
+        shutil.rmtree(tmp, ignore_errors=True)
     best = {} if best_metric is None else dict(
         best_fn=lambda metrics: metrics[best_metric], best_mode='max',
         keep_checkpoints_without_metrics=False)
@@ -79,12 +91,45 @@ class Checkpoints:
 
   def save(self, step: int, state: Any, config: ml_collections.ConfigDict,
            metrics: dict | None = None) -> None:
-    """Starts an asynchronous save of host `state`; a previous save is finished first."""
-    self.manager.save(step, metrics=metrics, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config_to_dict(config))))
+    """Starts an asynchronous save of host `state`; a previous save is finished first.
 
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
+    A failed save (this one, or the previous asynchronous one) raises
+    CheckpointError; the last complete checkpoint stays the latest.
+    """
+    try:
+      self.manager.save(step, metrics=metrics, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config_to_dict(config))))
+    except Exception as e:  # noqa: BLE001 - orbax wraps OS errors in its own types.
+      self._failed(step, e)
+
+  def check(self) -> None:
+    """Raises CheckpointError if the asynchronous save in flight has failed (cheap; call every step)."""
+    try:
+      self.manager.check_for_errors()
+    except Exception as e:  # noqa: BLE001
+      self._failed(None, e)
+
+  def _failed(self, step: int | None, e: BaseException) -> None:
+    self.failed = True
+    try:  # An earlier save may still be in flight: let it finish (or fail) before cleaning up.
+      self.manager.wait_until_finished()
+    except Exception:  # noqa: BLE001
+      pass
+    for tmp in glob.glob(os.path.join(self.directory, '*.orbax-checkpoint-tmp*')):
+      shutil.rmtree(tmp, ignore_errors=True)
+    cause = _os_cause(e)
+    reason = ('no space left on the device' if cause is not None and cause.errno == errno.ENOSPC else
+              f'{cause.strerror} ({cause.filename})' if cause is not None else _first_line(e))
+    latest = [s for s in self._steps_on_disk() if s != step]
+    kept = f'step {latest[-1]} is still the latest checkpoint' if latest else 'no checkpoint was kept'
+    raise CheckpointError(f'could not write checkpoint{"" if step is None else f" {step}"} to '
+                          f'{self.directory}: {reason}; {kept}; fix that and rerun the same command '
+                          f'to continue') from e
+
+  def _steps_on_disk(self) -> list[int]:
+    if not os.path.isdir(self.directory):
+      return []
+    return sorted(int(d) for d in os.listdir(self.directory) if d.isdigit())
 
   def saved_config(self, step: int) -> dict:
     try:
@@ -125,7 +170,7 @@ class Checkpoints:
         if 'different model config' in str(e):
           raise
         moved = self._quarantine(step)
-        logging.warning('%s; moved it to %s and trying the previous checkpoint', e, moved)
+        warn(f'{e}; moved it to {moved} and trying the previous checkpoint')
     return None, None
 
   def restore_raw(self, step: int | None = None) -> dict:
@@ -153,8 +198,72 @@ class Checkpoints:
     return target
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Finishes the save in flight (raising CheckpointError if it fails) and closes the manager."""
+    try:
+      self.manager.wait_until_finished()
+      if not self.failed:
+        self.manager.check_for_errors()
+    except Exception as e:  # noqa: BLE001
+      if not self.failed:
+        self._failed(None, e)
+    finally:
+      try:
+        self.manager.close()
+      except Exception:  # noqa: BLE001 - closing after a failed save: nothing more to report.
+        pass
+
+
+def _os_cause(e: BaseException | None) -> OSError | None:
+  """The OSError behind an (orbax-wrapped) exception, if any."""
+  seen = 0
+  while e is not None and seen < 10:
+    if isinstance(e, OSError):
+      return e
+    e, seen = e.__cause__ or e.__context__, seen + 1
+  return None
+
+
+class WorkdirLock:
+  """One trainer per workdir: an exclusive lock on `<workdir>/.train.lock` held while training.
+
+  The lock is an fcntl lock, released by the kernel when the process exits,
+  so a crashed trainer never leaves a stale lock; the file holds the holder's
+  host, pid and start time so a second trainer can name it. Only process 0
+  of a multi-process run takes it.
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(os.path.abspath(workdir), '.train.lock')
+    self._fd: int | None = None
+
+  def __enter__(self):
+    if jax.process_index() != 0:
+      return self
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode() or '{}')
+      except ValueError:
+        holder = {}
+      os.close(fd)
+      who = (f"pid {holder.get('pid')} on host {holder.get('host')} since {holder.get('since')}"
+             if holder else 'another process')
+      raise UserError(f'{os.path.dirname(self.path)} is in use by another trainer ({who}); '
+                      f'wait for it to finish or use another --workdir') from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({'host': socket.gethostname(), 'pid': os.getpid(),
+                              'since': time.strftime('%Y-%m-%d %H:%M:%S')}).encode(), 0)
+    self._fd = fd
+    return self
+
+  def __exit__(self, *exc):
+    if self._fd is not None:
+      os.ftruncate(self._fd, 0)
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
 
 
 def _first_line(e: BaseException) -> str:

@@ -1,28 +1,54 @@
-"""Command-line plumbing shared by train.py and evaluate.py: one-line errors."""
+"""Command-line plumbing shared by train.py and evaluate.py: one line per error.
+
+- A `UserError` (bad config, path, dataset, checkpoint, weights) and an
+  OSError from the system (disk full, permission denied, missing file) print
+  one line, `error: ...`, and exit with status 2.
+- Anything else is a bug in mmtjax: one line says so and names a file holding
+  the full traceback (in the workdir when there is one); exit status 1.
+- `--verbosity=1` (or MMTJAX_TRACEBACK=1) prints tracebacks instead, for bug
+  reports, and shows the libraries' INFO logs.
+"""
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Callable
 from typing import TypeVar
 
 from absl import flags
 from absl import logging as absl_logging
 
-from mmtjax.checkpointing import CheckpointError
-from mmtjax.weights.torch_pth import WeightsError
+from mmtjax.errors import Terminated, UserError
 
 T = TypeVar('T')
-# Errors a user can cause (bad config, paths, checkpoints, data): reported in
-# one line, without a traceback.
-USER_ERRORS = (ValueError, WeightsError, CheckpointError, PermissionError, FileNotFoundError, FloatingPointError)
 
 
-def _fail(message: str) -> None:
-  # Always one line: nested errors (absl wraps config-file errors) are joined.
-  line = ' '.join(part.strip() for part in message.splitlines() if part.strip())
-  print(f'error: {line}', file=sys.stderr)
-  sys.exit(2)
+def _one_line(message: str) -> str:
+  # Nested errors (absl wraps config-file errors) are joined into one line.
+  return ' '.join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def fail(message: str, status: int = 2) -> None:
+  print(f'error: {_one_line(message)}', file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def verbose() -> bool:
+  """Tracebacks wanted: --verbosity was given, or MMTJAX_TRACEBACK=1."""
+  if os.environ.get('MMTJAX_TRACEBACK', '') not in ('', '0'):
+    return True
+  return 'verbosity' in flags.FLAGS and flags.FLAGS['verbosity'].present
+
+
+def _config_error(e: BaseException) -> str:
+  text = _one_line(str(e) or type(e).__name__)
+  # ml_collections shows the offending key with repr(): unescape its quotes.
+  return text.replace("\\'", "'").replace('\\n', ' ')
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -32,17 +58,78 @@ def parse_flags(argv: list[str]) -> list[str]:
   unless --verbosity is given: the console shows the progress lines and
   warnings.
   """
+  for i, arg in enumerate(argv):  # A config path that is not a file: say so before absl tries.
+    value = argv[i + 1] if arg == '--config' and i + 1 < len(argv) else (
+        arg.split('=', 1)[1] if arg.startswith('--config=') else None)
+    if value is not None:
+      path = value.split(':', 1)[0]
+      if os.path.isdir(path):
+        fail(f'--config {path} is a directory; give a config file, e.g. {os.path.join(path, "default.py")}')
+      if not os.path.isfile(path):
+        fail(f'--config {path}: no such config file (the configs are in configs/, e.g. configs/default.py)')
   try:
     rest = flags.FLAGS(argv)
-  except (flags.Error, ValueError, KeyError, AttributeError) as e:
-    _fail(str(e) or type(e).__name__)
+  except Exception as e:  # noqa: BLE001 - any error while loading the config file is the user's.
+    if os.environ.get('MMTJAX_TRACEBACK', '') not in ('', '0'):
+      raise
+    fail(_config_error(e))
   if not flags.FLAGS['verbosity'].present:
     absl_logging.set_verbosity(absl_logging.WARNING)
+    quiet_libraries()
   return rest
 
 
-def run(fn: Callable[[], T]) -> T:
+def quiet_libraries() -> None:
+  """Hides orbax / tfds / absl INFO and WARNING chatter (our own warnings use the 'mmtjax' logger)."""
+  import logging
+  for name in ('absl', 'orbax', 'tensorflow_datasets', 'jax._src.distributed', 'etils'):
+    logging.getLogger(name).setLevel(logging.ERROR)
+  absl_logging.set_verbosity(absl_logging.ERROR)
+
+
+def _os_message(e: OSError) -> str:
+  where = f' ({e.filename})' if getattr(e, 'filename', None) else ''
+  if e.errno == errno.ENOSPC:
+    return f'no space left on the device{where}; free some space and rerun the same command'
+  if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    return f'permission denied{where}; choose a writable path'
+  if e.errno == errno.ENOENT:
+    return f'no such file or directory{where}'
+  return f'{e.strerror or e}{where}'
+
+
+def _report_bug(e: BaseException, workdir: str | None) -> None:
+  text = ''.join(traceback.format_exception(e))
+  directory = workdir if workdir and os.path.isdir(workdir) else tempfile.gettempdir()
+  path = os.path.join(directory, f'mmtjax_error_{time.strftime("%Y%m%d-%H%M%S")}_{os.getpid()}.txt')
+  try:
+    with open(path, 'w') as f:
+      f.write(text)
+  except OSError:
+    path = None
+  where = f'the traceback is in {path}' if path else 'rerun with --verbosity=1 for the traceback'
+  fail(f'internal error (a bug in mmtjax, not in your input): {type(e).__name__}: '
+       f'{_one_line(str(e))[:300]}; {where}; please report it', status=1)
+
+
+def run(fn: Callable[[], T], workdir: str | None = None) -> T:
+  """Runs fn with the error policy of this module (see the module docstring)."""
   try:
     return fn()
-  except USER_ERRORS as e:
-    _fail(str(e))
+  except UserError as e:
+    if verbose():
+      raise
+    fail(str(e))
+  except OSError as e:
+    if verbose():
+      raise
+    fail(_os_message(e))
+  except Terminated as e:
+    print(_one_line(str(e)), flush=True)
+    sys.exit(0)
+  except KeyboardInterrupt:
+    fail('interrupted', status=130)
+  except Exception as e:  # noqa: BLE001 - everything else is a bug: keep its traceback.
+    if verbose():
+      raise
+    _report_bug(e, workdir)

@@ -6,6 +6,8 @@ import os
 
 import jax
 
+from mmtjax.errors import UserError
+
 # Explicit variables (any launcher): JAX_COORDINATOR_ADDRESS=host:port,
 # JAX_NUM_PROCESSES, JAX_PROCESS_ID. Cluster launchers that JAX detects by
 # itself: SLURM (srun), Open MPI (mpirun), and Cloud TPU pods.
@@ -30,7 +32,7 @@ def maybe_initialize() -> bool:
   if 'JAX_COORDINATOR_ADDRESS' in env:
     missing = [v for v in ('JAX_NUM_PROCESSES', 'JAX_PROCESS_ID') if v not in env]
     if missing:
-      raise ValueError(f'JAX_COORDINATOR_ADDRESS is set but {", ".join(missing)} is not')
+      raise UserError(f'JAX_COORDINATOR_ADDRESS is set but {", ".join(missing)} is not')
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(env['JAX_COORDINATOR_ADDRESS'], int(env['JAX_NUM_PROCESSES']),
                                int(env['JAX_PROCESS_ID']))

@@ -92,10 +92,8 @@ class SegmentationMeter:
       table[i, :4] = self.per_class.get(c, 0)
     table[-1, :4], table[-1, 4] = self.total, self.episodes
     present = np.array([c in self.per_class for c in classes] + [True], np.int32)
-    low, high = (table & 0x7FFFFFFF).astype(np.int32), (table >> 31).astype(np.int32)
-    low, high, present = (np.asarray(x) for x in multihost_utils.process_allgather((low, high, present)))
-    table = (high.astype(np.int64) << 31) + low.astype(np.int64)
-    table, present = table.sum(axis=0), present.max(axis=0)
+    table = merge_process_sums(table)
+    present = np.asarray(multihost_utils.process_allgather(present)).max(axis=0)
     self.per_class = {c: table[i, :4] for i, c in enumerate(classes) if present[i]}
     self.total, self.episodes = table[-1, :4], int(table[-1, 4])
 
@@ -107,3 +105,16 @@ class SegmentationMeter:
             'fb_iou': float(50.0 * (fg + bg)),
             'per_class': {str(c): float(v) for c, v in iou.items()},
             'episodes': self.episodes}
+
+
+def merge_process_sums(x: np.ndarray) -> np.ndarray:
+  """Sum of a non-negative int64 array over every process (itself with one process).
+
+  The values travel as two int32 halves: JAX runs without 64-bit types.
+  """
+  x = np.asarray(x, np.int64)
+  if jax.process_count() == 1:
+    return x
+  low, high = (x & 0x7FFFFFFF).astype(np.int32), (x >> 31).astype(np.int32)
+  low, high = (np.asarray(v) for v in multihost_utils.process_allgather((low, high)))
+  return ((high.astype(np.int64) << 31) + low.astype(np.int64)).sum(axis=0)

@@ -18,6 +18,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mmtjax import losses, metrics
+from mmtjax.errors import UserError
 from mmtjax.state import MODEL_COLLECTIONS, TrainState
 
 AXIS = 'batch'
@@ -66,7 +67,7 @@ def shard(batch: Any, devices=None) -> Any:
 def check_divisible(global_batch: int, num_devices: int) -> int:
   """Episodes per device; a clear error when the batch does not split evenly."""
   if global_batch % num_devices:
-    raise ValueError(f'global batch of {global_batch} episodes is not divisible by '
+    raise UserError(f'global batch of {global_batch} episodes is not divisible by '
                      f'{num_devices} devices')
   return global_batch // num_devices
 
@@ -86,8 +87,8 @@ def make_train_step(model, tx: optax.GradientTransformation, config: ml_collecti
   statistics from every device, so all replicas stay identical and the step
   equals a single-device step on the global batch.
 
-  NaN/Inf guard: when the loss, a loss term or the gradient norm is not
-  finite, the step returns the input state unchanged (step counter included)
+  NaN/Inf guard: when the loss, a loss term, the gradient norm or the norm
+  of the new parameters or model state is not finite, the step returns the input state unchanged (step counter included)
   and metrics['finite'] = 0, so a non-finite step never reaches a checkpoint;
   the host stops at its next check (train_lib).
   """
@@ -103,13 +104,14 @@ def make_train_step(model, tx: optax.GradientTransformation, config: ml_collecti
           variables, batch['support_images'], batch['support_labels'], batch['query_images'],
           train=True, rngs={'dropout': rng}, mutable=list(MODEL_COLLECTIONS))
       loss, terms = losses.total_loss(outputs, batch['query_labels'], weights, AXIS)
-      return loss, (terms, new_model_state)
+      return loss, (terms, outputs.get('log', {}), new_model_state)
 
-    (loss, (terms, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (terms, logged, new_model_state)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
     grads = jax.lax.pmean(grads, AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    stats = {'loss': loss, **{f'loss_{k}': v for k, v in terms.items()}}
+    stats = {'loss': loss, **{f'loss_{k}': v for k, v in terms.items()}, **logged}
     stats = jax.lax.pmean(stats, AXIS)
     stats['lr'] = schedule(state.step)
     stats['grad_norm'] = optax.global_norm(grads)
@@ -117,8 +119,12 @@ def make_train_step(model, tx: optax.GradientTransformation, config: ml_collecti
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               model_state={c: new_model_state.get(c, state.model_state[c])
                                            for c in MODEL_COLLECTIONS})
+    # The new parameters and model state too: a finite loss with a huge
+    # learning rate can still produce non-finite weights, which must never be
+    # stored (or checkpointed).
+    state_norm = optax.global_norm(jax.tree.leaves(new_state.model_state))
     finite = jnp.all(jnp.isfinite(jnp.stack([stats[k] for k in stats if k.startswith('loss')] +
-                                            [stats['grad_norm']])))
+                                            [stats['grad_norm'], stats['param_norm'], state_norm])))
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     stats['finite'] = finite.astype(jnp.float32)
     return new_state, stats
@@ -127,19 +133,22 @@ def make_train_step(model, tx: optax.GradientTransformation, config: ml_collecti
 
 
 def make_eval_step(model, transfer: bool, devices=None, output: str = 'counts') -> Callable:
-  """pmap'd (variables, batch) -> per episode [devices, per_device, ...]:
+  """pmap'd (variables, batch) -> (scores, histograms), per episode [devices, per_device, ...]:
 
-  output 'counts': [4] intersection/union counts at the label size (see metrics);
-  'logit_diff': [h, w] foreground minus background logit at the model's
-  output size, for scoring at the original resolution on the host.
+  scores, output 'counts': [4] intersection/union counts at the label size
+  (see metrics); 'logit_diff': [h, w] foreground minus background logit at
+  the model's output size, for scoring at the original resolution on the host.
+  histograms: the model's per-episode 'histograms' outputs (e.g. which memory
+  items the episode's images chose), {} when it has none.
   """
 
   def step_fn(variables, batch):
     out = model.apply(variables, batch['support_images'], batch['support_labels'],
                       batch['query_images'], train=False, transfer=transfer)
+    hists = out.get('histograms', {})
     if output == 'logit_diff':
-      return out['logits'][..., 1] - out['logits'][..., 0]
-    return metrics.episode_counts(out['logits'], batch['query_labels'])
+      return out['logits'][..., 1] - out['logits'][..., 0], hists
+    return metrics.episode_counts(out['logits'], batch['query_labels']), hists
 
   return jax.pmap(step_fn, axis_name=AXIS, devices=devices)
 

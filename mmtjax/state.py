@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from mmtjax.errors import UserError
+
 MODEL_COLLECTIONS = ('batch_stats', 'memory')
 
 
@@ -54,7 +56,7 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any) -> optax.Grad
   elif t.optimizer == 'adamw':
     tx = optax.adamw(schedule, weight_decay=t.weight_decay)
   else:
-    raise ValueError(f"train.optimizer must be 'sgd' or 'adamw', got {t.optimizer!r}")
+    raise UserError(f"train.optimizer must be 'sgd' or 'adamw', got {t.optimizer!r}")
   if t.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(t.grad_clip), tx)
   # Frozen parameters get no update and no optimizer state.

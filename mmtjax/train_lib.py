@@ -21,6 +21,7 @@ from jax.experimental import multihost_utils
 from mmtjax import checkpointing, config_lib, eval_lib, parallel
 from mmtjax.data import datasets, pipeline, protocols
 from mmtjax.data.episodes import EpisodeSampler
+from mmtjax.errors import DivergedError, Terminated, UserError
 from mmtjax.models import backbones, get_model
 from mmtjax.state import create_train_state, learning_rate_schedule, trainable_labels
 from mmtjax.weights import convert
@@ -33,7 +34,7 @@ def prepare_workdir(workdir: str) -> None:
     with tempfile.NamedTemporaryFile(dir=workdir):
       pass
   except OSError as e:
-    raise PermissionError(f'workdir {workdir} is not writable: {e.strerror}') from None
+    raise UserError(f'workdir {workdir} is not writable: {e.strerror}') from None
 
 
 def say(message: str) -> None:
@@ -70,8 +71,12 @@ class _Log:
     terms = ' '.join(f'{k[5:]} {v:.4f}' for k, v in stats.items() if k.startswith('loss_'))
     bar_len = 20
     filled = int(bar_len * step / self.total)
+    memory = ''
+    if 'memory_diversity' in stats:  # Any model that reports a style memory's state.
+      memory = (f' | memory div {stats["memory_diversity"]:.3f} items '
+                f'{stats.get("memory_items_source", 0):.0f}/{stats.get("memory_items_nearest", 0):.0f}')
     say(f'[{"#" * filled}{"." * (bar_len - filled)}] step {step}/{self.total} | '
-        f'loss {stats["loss"]:.4f} ({terms}) | lr {stats["lr"]:.2e} | '
+        f'loss {stats["loss"]:.4f} ({terms}) | lr {stats["lr"]:.2e}{memory} | '
         f'{rate:.1f} episodes/s | ETA {_format_duration(eta)}')
     self.write({'step': step, 'time': now, 'episodes_per_s': rate, **stats})
 
@@ -85,10 +90,21 @@ def _first_nonfinite(pending: list[tuple[int, dict]]) -> tuple[int, str, float] 
   for (done, stats), finite in zip(pending, flags):
     if finite < 1:
       host = parallel.host_scalars(stats)
-      terms = sorted(k for k in host if k.startswith('loss_')) + ['loss', 'grad_norm']
-      name = next((k for k in terms if not math.isfinite(host[k])), 'loss')
-      return done, name, host[name]
+      terms = sorted(k for k in host if k.startswith('loss_')) + ['loss', 'grad_norm', 'param_norm']
+      name = next((k for k in terms if not math.isfinite(host[k])), 'the model state')
+      return done, name, host.get(name, float('nan'))
   return None
+
+
+def raise_on_sigterm() -> None:
+  """SIGTERM raises errors.Terminated (main thread only): used outside the training loop,
+  where there is nothing to save (setup) or the state is already saved (final evaluation)."""
+  if threading.current_thread() is threading.main_thread():
+    def handler(signum, frame):
+      del signum, frame
+      raise Terminated('received SIGTERM before the first training step; nothing new was saved; '
+                       'rerun the same command to continue')
+    signal.signal(signal.SIGTERM, handler)
 
 
 class StopSignal:
@@ -179,11 +195,45 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
   Returns the model, the replicated TrainState, the last step done (below
   num_steps when stopped early by SIGTERM or stop_after_steps) and num_steps.
   """
+  _check_args(config, workdir, stop_after_steps)
+  with checkpointing.WorkdirLock(workdir):
+    return _train(config, workdir, devices=devices, stop_after_steps=stop_after_steps)
+
+
+def _check_args(config, workdir: str, stop_after_steps: int | None) -> None:
   config_lib.validate(config)
+  if stop_after_steps is not None and stop_after_steps < 1:
+    raise UserError(f'--stop_after_steps must be >= 1, got {stop_after_steps}')
   prepare_workdir(workdir)
+
+
+def _truncate_metrics(workdir: str, step: int) -> None:
+  """Drops metrics.jsonl records past `step` (written after the checkpoint a run resumes from),
+  so each step appears once and in order."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if jax.process_index() != 0 or not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue  # A line cut by a crash.
+    if record.get('step', 0) <= step:
+      keep.append(json.dumps(record) + '\n')
+  if len(keep) != len(lines):
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
+
+
+def _train(config, workdir, *, devices, stop_after_steps) -> TrainResult:
   t = config.train
   if devices is not None and jax.process_count() > 1:
-    raise ValueError('devices= selects devices of a single-process run; multi-process runs use all')
+    raise UserError('devices= selects devices of a single-process run; multi-process runs use all')
   n_dev = len(devices) if devices else jax.local_device_count()
   per_device = parallel.check_divisible(t.batch_size, n_dev * jax.process_count())
   ckpts = checkpointing.Checkpoints(workdir, max_to_keep=t.max_to_keep)
@@ -205,6 +255,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
   elif config.model.get('pretrained'):
     state = _load_pretrained(state, config)
   start = int(state.step)
+  _truncate_metrics(workdir, start)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   say(f'model {config.model.name} ({config.model.backbone}, {n_params / 1e6:.2f}M params) | '
       f'{jax.process_count()} process(es) x {n_dev} device(s) x {per_device} episodes | '
@@ -233,6 +284,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
     for step, batch in pipeline.prefetch(batches, lambda sb: (sb[0], parallel.shard(sb[1], devices))):
       rstate, stats = step_fn(rstate, batch)
       done = step + 1
+      ckpts.check()  # An asynchronous save that failed (disk full) stops training here.
       pending.append((done, stats))
       preempted = stop.should_stop(done)
       is_last = done == end
@@ -243,9 +295,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
         continue
       bad = _first_nonfinite(pending)  # Every step since the last check.
       if bad:
-        raise FloatingPointError(
-            f'{bad[1]} is {bad[2]} at step {bad[0]}; stopping without saving (the last '
-            f'checkpoint, step {ckpts.latest_step()}, is kept as it was)')
+        last = ckpts.latest_step()
+        kept = (f'the last checkpoint, step {last}, is kept as it was' if last is not None
+                else 'no checkpoint was written')
+        raise DivergedError(
+            f'{bad[1]} is {bad[2]} at step {bad[0]}; stopping without saving ({kept}); '
+            f'lower train.lr or set train.grad_clip')
       host = parallel.host_scalars(stats)
       pending.clear()
       if is_log:
@@ -270,20 +325,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
                        stop_after_steps: int | None = None) -> dict | None:
   """`train`, then the test-split evaluation of the final state (see `train` for the args).
 
-  Returns the test report, or None when training stopped early.
+  Returns the test report, or None when training stopped early. SIGTERM
+  during the evaluation stops it (the trained state is already saved).
   """
-  model, rstate, done, num_steps = train(config, workdir, devices=devices,
-                                         stop_after_steps=stop_after_steps)
-  if done < num_steps:
-    return None
+  _check_args(config, workdir, stop_after_steps)
+  with checkpointing.WorkdirLock(workdir):
+    model, rstate, done, num_steps = _train(config, workdir, devices=devices,
+                                            stop_after_steps=stop_after_steps)
+    if done < num_steps:
+      return None
+    try:
+      return _final_evaluation(model, rstate, config, workdir, num_steps, devices)
+    except Terminated:
+      say(f'received SIGTERM during the final evaluation: training is complete and saved (step '
+          f'{num_steps}, {os.path.join(workdir, checkpointing.SUBDIR)}); run evaluate.py with the same '
+          f'--config and --workdir for the test report')
+      return None
+
+
+def _final_evaluation(model, rstate, config, workdir: str, num_steps: int, devices) -> dict:
   test_split = datasets.load_split(config.data, config.data.test_split, training=False)
   say(f'testing on {config.data.test_split} ({len(test_split.classes)} classes)')
   report = eval_lib.evaluate_variables(model, parallel.eval_variables(rstate), config, test_split,
                                        devices=devices)
   report['step'] = num_steps
+  report['checkpoint'] = checkpointing.SUBDIR
   say(eval_lib.format_report(report))
   if jax.process_index() == 0:
-    eval_lib.write_report(report, os.path.join(workdir, f'eval_step{num_steps}.json'))
+    path = eval_lib.write_report(report, os.path.join(workdir, eval_lib.report_name(report, 'latest')))
+    say(f'report: {path}')
+    source = datasets.load_split(config.data, config.data.train_split, training=False)
+    picture = eval_lib.memory_picture(model, parallel.unreplicate(parallel.eval_variables(rstate)), config,
+                                      eval_lib.unused_path(os.path.splitext(path)[0] + '_memory.png'),
+                                      source, test_split)
+    if picture:
+      say(f'memory picture: {picture}')
   _Log(workdir, num_steps, num_steps).write({'step': num_steps, 'eval': {m: {k: r[k] for k in ('miou', 'fb_iou')}
                                             for m, r in report['results'].items()}})
   return report

@@ -1,6 +1,7 @@
 """Test setup: 4 fake CPU devices, set before JAX starts."""
 
 import os
+import shutil
 import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
@@ -11,12 +12,30 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update('jax_enable_x64', False)
-# Many tests compile the same tiny train/eval steps: a persistent compilation
-# cache (per test session) turns the repeats into cache hits.
-jax.config.update('jax_compilation_cache_dir',
-                  os.environ.get('MMTJAX_TEST_JAX_CACHE', tempfile.mkdtemp(prefix='mmtjax-jax-cache-')))
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+_SESSION_DIR: str | None = None
+
+
+def pytest_configure(config):
+  """Everything a test session writes (pytest's tmp_path folders, the compile
+  cache) lives under one folder removed when the session ends: a run leaves
+  nothing behind in /tmp. (Set here, not at import: test subprocesses import
+  this module too.)"""
+  global _SESSION_DIR
+  _SESSION_DIR = tempfile.mkdtemp(prefix='mmtjax-tests-')
+  if not config.option.basetemp:
+    config.option.basetemp = os.path.join(_SESSION_DIR, 'pytest')
+  # Many tests compile the same tiny train/eval steps: a persistent compilation
+  # cache (per test session) turns the repeats into cache hits.
+  jax.config.update('jax_compilation_cache_dir',
+                    os.environ.get('MMTJAX_TEST_JAX_CACHE', os.path.join(_SESSION_DIR, 'jax-cache')))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+def pytest_unconfigure(config):
+  del config
+  if _SESSION_DIR:
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope='session')

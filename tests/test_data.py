@@ -85,3 +85,33 @@ def test_loader_batches_are_shaped_and_padded(tfds_dir):
 def test_corrupt_image_names_the_example():
   with pytest.raises(ValueError, match='cannot decode image of example 4'):
     transforms.decode_image(b'not a png', 'image of example 4')
+
+
+def _style_features(image):
+  """Channel means and stds, saturation and high-frequency energy of a raw uint8 image."""
+  x = image.astype(np.float32) / 255
+  grey = x.mean(-1)
+  hf = np.abs(np.diff(grey, axis=0)).mean() + np.abs(np.diff(grey, axis=1)).mean()
+  return np.concatenate([x.mean((0, 1)), x.std((0, 1)), [(x.max(-1) - x.min(-1)).mean(), hf]])
+
+
+def test_source_holds_every_style_and_the_target_style_is_none_of_them():
+  from mmtjax.data import synthetic
+  feats = {}
+  for i in range(150):
+    style = synthetic.image_style('source_train', i)
+    feats.setdefault(style, []).append(_style_features(synthetic.generate_example('source_train', i, size=32)[0]))
+  assert set(feats) == set(synthetic.SOURCE_STYLES)
+  assert all(synthetic.image_style('target_test', i) == 'target' for i in range(10))
+  target = [_style_features(synthetic.generate_example('target_test', i, size=32)[0]) for i in range(40)]
+  centres = {k: np.mean(v, axis=0) for k, v in feats.items()}
+  centres['target'] = np.mean(target, axis=0)
+  # Every target image is nearer the target centre than any source style's, and the
+  # target centre lies further from every source style than target images lie from it.
+  nearest = [min(centres, key=lambda k: np.linalg.norm(f - centres[k])) for f in target]
+  assert nearest == ['target'] * len(target)
+  spread = np.mean([np.linalg.norm(f - centres['target']) for f in target])
+  assert min(np.linalg.norm(centres['target'] - centres[s]) for s in synthetic.SOURCE_STYLES) > spread
+  # A pure function of (seed, split, index).
+  a, b = synthetic.generate_example('source_train', 7, size=32), synthetic.generate_example('source_train', 7, size=32)
+  np.testing.assert_array_equal(a[0], b[0])

@@ -36,7 +36,11 @@ def test_train_resume_evaluate(tfds_dir, tmp_path, capsys):
   report = eval_lib.evaluate(config, workdir)
   for r in report['results'].values():
     assert math.isfinite(r['miou']) and math.isfinite(r['fb_iou'])
-  assert report['step'] == 6 and os.path.exists(os.path.join(workdir, 'eval_step6.json'))
+  # The training run's own report is kept; this one is written beside it.
+  name = os.path.join(workdir, 'eval_latest_step6_target_test_1shot_custom')
+  assert report['step'] == 6 and report['report_path'] == name + '.1.json'
+  assert os.path.exists(name + '.json') and os.path.exists(name + '.1.json')
+  assert os.path.exists(name + '.1_memory.png')
 
   # A different model config must not touch the existing checkpoints.
   other = tiny_config(tfds_dir)

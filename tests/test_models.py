@@ -36,7 +36,8 @@ def _init(model, k=1):
 def test_mmt_variables_are_params_batch_stats_memory():
   variables = _init(get_model(_config()))
   assert set(variables) == {'params', 'batch_stats', 'memory'}
-  assert set(variables['memory']['style_memory']) == {'means', 'stds'}
+  assert set(variables['memory']['style_memory']) == {'means', 'stds', 'center_mean', 'center_std',
+                                                      'usage', 'initialized'}
   assert set(_init(get_model(_config('baseline')))) == {'params', 'batch_stats'}
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from mmtjax import checkpointing, eval_lib, parallel, train_lib
+from mmtjax.errors import DivergedError
 from mmtjax.models import get_model
 from mmtjax.state import create_train_state, learning_rate_schedule, trainable_labels
 from tests.conftest import tiny_config
@@ -98,12 +99,14 @@ def test_resume_on_a_different_device_count(tfds_dir, tmp_path):
   _assert_states_close(state.model_state, ref.model_state, rtol=1e-4, atol=1e-6)
 
 
-def test_nonfinite_loss_stops_naming_the_step_and_keeps_checkpoints(tfds_dir, tmp_path):
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_checkpoints(tfds_dir, tmp_path, monkeypatch):
   config = tiny_config(tfds_dir)
   workdir = str(tmp_path)
   train_lib.train_and_evaluate(config, workdir, stop_after_steps=2)
-  config.loss.orth = float('nan')  # Poisons the total loss from step 3 on.
-  with pytest.raises(FloatingPointError, match=r'loss is nan at step 3; stopping without saving'):
+  # Poisons the total loss from step 3 on (past the config check, which refuses a NaN weight).
+  monkeypatch.setattr(train_lib.config_lib, 'validate', lambda config: None)
+  config.loss.orth = float('nan')
+  with pytest.raises(DivergedError, match=r'loss is nan at step 3; stopping without saving'):
     train_lib.train_and_evaluate(config, workdir)
   assert checkpointing.Checkpoints(workdir).all_steps() == [2]
   assert _final_state(tiny_config(tfds_dir), workdir)[0] == 2
@@ -117,7 +120,7 @@ def test_guarded_step_leaves_state_unchanged(tfds_dir):
   _assert_states_close(parallel.unreplicate(new), jax.device_get(state), rtol=0, atol=0)
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_previous(tfds_dir, tmp_path, caplog):
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tfds_dir, tmp_path, capsys):
   config = tiny_config(tfds_dir)
   workdir = str(tmp_path)
   train_lib.train_and_evaluate(config, workdir)  # checkpoints 2, 4
@@ -128,12 +131,16 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tfds_dir, tmp_path, ca
       with open(path, 'r+b') as f:
         f.truncate(os.path.getsize(path) // 2)
   config.train.num_steps = 6
+  capsys.readouterr()
   train_lib.train_and_evaluate(config, workdir)
-  assert 'checkpoints/4 is unreadable' in caplog.text and 'trying the previous' in caplog.text
+  err = capsys.readouterr().err
+  warnings = [line for line in err.splitlines() if 'unreadable' in line]
+  assert len(warnings) == 1 and warnings[0].startswith('warning: ')  # One line, no traceback.
+  assert 'checkpoints/4 is unreadable' in warnings[0] and 'trying the previous' in warnings[0]
   assert os.path.isdir(os.path.join(workdir, 'corrupt_checkpoints', '4'))  # Kept, not deleted.
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     steps = [r['step'] for r in map(json.loads, f) if 'loss' in r]
-  assert steps == [2, 4, 4, 6]  # The second run restarted from step 2.
+  assert steps == [2, 4, 6]  # Restarted from step 2: the first run's step 4 record was dropped.
   assert checkpointing.Checkpoints(workdir).all_steps() == [4, 6]
 
 
@@ -150,7 +157,9 @@ def test_best_checkpoint_keeps_the_highest_validation_miou(tfds_dir, tmp_path):
   assert best.all_steps() == [best_step]
   report = eval_lib.evaluate(config, workdir, best=True)
   assert report['step'] == best_step and report['checkpoint'] == checkpointing.BEST_SUBDIR
-  assert os.path.exists(os.path.join(workdir, f'eval_best_step{best_step}.json'))
+  assert report['report_path'] == os.path.join(
+      workdir, f'eval_best_step{best_step}_target_test_1shot_custom.json')
+  assert os.path.exists(report['report_path'])
 
 
 def _tiny_flags(tfds_dir):
@@ -196,7 +205,7 @@ def test_bfloat16_compute_keeps_float32_params_memory_and_loss(tfds_dir):
     assert {x.dtype for x in jax.tree.leaves(tree)} == {np.dtype('float32')}
   memory_before = jax.tree.leaves(state.model_state['memory'])
   memory_after = jax.tree.leaves(new.model_state['memory'])
-  assert len(memory_after) == 2  # means and stds
+  assert len(memory_after) == 6  # means, stds, centres, usage, initialized
   assert not all(np.allclose(a, b) for a, b in zip(memory_after, memory_before))
   # The forward pass really runs in bfloat16 (logits are cast back to float32).
   inputs = (batch['support_images'][0], batch['support_labels'][0], batch['query_images'][0])

@@ -153,7 +153,7 @@ def test_corrupt_and_truncated_files_give_one_line_errors(tmp_path):
     f.truncate(os.path.getsize(cut) - 10)
   with pytest.raises(torch_pth.WeightsError, match='truncated'):
     torch_pth.load_state_dict(cut)
-  with pytest.raises(FileNotFoundError, match='does not exist'):
+  with pytest.raises(torch_pth.WeightsError, match='does not exist'):
     torch_pth.load_state_dict(str(tmp_path / 'missing.pth'))
 
 

@@ -15,6 +15,7 @@ from mmtjax.data import episodes, synthetic
 from mmtjax.data.builders import (
   chest_xray,
   coco20i,
+  construction,
   deepglobe,
   embedded,
   fss1000,
@@ -23,6 +24,7 @@ from mmtjax.data.builders import (
   raw,
   suim,
 )
+from mmtjax.errors import UserError
 
 RAW_BUILDERS = {cls.name: cls for cls in (pascal5i.Pascal5i, coco20i.Coco20i, fss1000.Fss1000,
                                           deepglobe.Deepglobe, isic2018.Isic2018,
@@ -47,7 +49,7 @@ def _embedded_classes(data: ml_collections.ConfigDict, split: str, training: boo
 
 def load_raw_builder(name: str, data_dir: str | None, manual_dir: str | None) -> raw.RawBuilder:
   """A raw-data builder, built from `manual_dir` on first use (then read from data_dir)."""
-  builder = RAW_BUILDERS[name](data_dir=data_dir, file_format='array_record')
+  builder = construction.new_builder(RAW_BUILDERS[name], data_dir=data_dir, file_format='array_record')
   if not builder.is_prepared():
     manual_dir = builder.check_manual_dir(manual_dir)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
@@ -68,6 +70,42 @@ def _process_zero_first(prepare):
   return result if jax.process_index() == 0 else prepare()
 
 
+def _damaged(where: str, e: BaseException) -> UserError:
+  detail = ' '.join(str(e).split())[:160]
+  return UserError(f'the prepared dataset files in {where} are missing or corrupt ({type(e).__name__}: '
+                   f'{detail}); delete that folder and rerun to rebuild it')
+
+
+def open_source(builder, split: str):
+  """builder.as_data_source(split), checked by reading its first and last record."""
+  try:
+    source = builder.as_data_source(split)
+    if len(source):
+      source[0], source[len(source) - 1]  # noqa: B018 - a read that fails on a damaged file.
+  except Exception as e:  # noqa: BLE001 - array_record and tfds raise many types here.
+    raise _damaged(os.fspath(builder.data_dir), e) from e
+  return ReadChecked(source, os.fspath(builder.data_dir))
+
+
+class ReadChecked:
+  """A data source whose failed reads name the dataset folder and how to rebuild it."""
+
+  def __init__(self, source, where: str):
+    self._source, self._where = source, where
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index):
+    try:
+      return self._source[index]
+    except Exception as e:  # noqa: BLE001
+      raise _damaged(self._where, e) from e
+
+  def __getattr__(self, name):
+    return getattr(self._source, name)
+
+
 def load_split(data: ml_collections.ConfigDict, split: str, *, training: bool) -> SplitData:
   """The split's source, class index and the classes its episodes use.
 
@@ -77,19 +115,19 @@ def load_split(data: ml_collections.ConfigDict, split: str, *, training: bool) -
   is built once per split and threshold and cached beside the data.
   """
   if data.dataset not in DATASETS:
-    raise ValueError(f'unknown dataset {data.dataset!r}; available: {list(DATASETS)}')
+    raise UserError(f'unknown dataset {data.dataset!r}; available: {list(DATASETS)}')
   tfds.disable_progress_bar()
   if data.dataset == 'mmtjax_shapes':
     if split not in synthetic.SPLITS:
-      raise ValueError(f'unknown split {split!r} of {data.dataset}; choose from {list(synthetic.SPLITS)}')
+      raise UserError(f'unknown split {split!r} of {data.dataset}; choose from {list(synthetic.SPLITS)}')
     builder = _process_zero_first(lambda: embedded.load_builder(data.get('builder_config', 'default'),
                                                                 data.data_dir))
   else:
     builder = _process_zero_first(lambda: load_raw_builder(data.dataset, data.data_dir,
                                                            data.get('manual_dir')))
     if split not in builder.SPLITS:
-      raise ValueError(f'unknown split {split!r} of {data.dataset}; choose from {list(builder.SPLITS)}')
-  source = builder.as_data_source(split)
+      raise UserError(f'unknown split {split!r} of {data.dataset}; choose from {list(builder.SPLITS)}')
+  source = open_source(builder, split)
   index = _process_zero_first(lambda: episodes.cached_class_index(
       source, os.fspath(builder.data_dir), split, data.min_pixels))
   if data.dataset == 'mmtjax_shapes':

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from mmtjax.errors import UserError
+
 # Distinct stream for test lists so they never coincide with training episodes.
 _TEST_STREAM = 2**31 - 1
 
@@ -61,7 +63,7 @@ class EpisodeSampler:
   def __init__(self, index: Mapping[int, np.ndarray], classes: Sequence[int], shot: int,
                seed: int):
     if shot < 1:
-      raise ValueError(f'shot must be >= 1, got {shot}')
+      raise UserError(f'shot must be >= 1, got {shot}')
     self.shot, self.seed = shot, seed
     usable = []
     for c in classes:
@@ -72,7 +74,7 @@ class EpisodeSampler:
       else:
         usable.append(c)
     if not usable:
-      raise ValueError(f'no class among {list(classes)} has {shot + 1} images for {shot}-shot episodes')
+      raise UserError(f'no class among {list(classes)} has {shot + 1} images for {shot}-shot episodes')
     self.classes = tuple(usable)
     self.index = {c: np.asarray(index[c]) for c in self.classes}
 

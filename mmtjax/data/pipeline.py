@@ -18,6 +18,7 @@ import numpy as np
 
 from mmtjax.data import transforms
 from mmtjax.data.episodes import Episode, EpisodeSampler
+from mmtjax.errors import UserError
 from mmtjax.models.inputs import check_inputs
 
 AUGMENTS = ('none', 'flip', 'mmnet')
@@ -41,9 +42,9 @@ class EpisodeLoader:
                num_workers: int = 4, resize: str = 'square'):
     augment = {True: 'flip', False: 'none'}.get(augment, augment)
     if augment not in AUGMENTS:
-      raise ValueError(f'augment must be one of {AUGMENTS}, got {augment!r}')
+      raise UserError(f'augment must be one of {AUGMENTS}, got {augment!r}')
     if resize not in RESIZES:
-      raise ValueError(f'resize must be one of {RESIZES}, got {resize!r}')
+      raise UserError(f'resize must be one of {RESIZES}, got {resize!r}')
     self.source = source
     self.image_size = image_size
     self.augment = augment
@@ -68,6 +69,10 @@ class EpisodeLoader:
       if self.augment == 'flip' and rng.random() < 0.5:
         image, mask = transforms.hflip(image, mask)
     return transforms.normalize(image), np.ascontiguousarray(mask), original
+
+  def image(self, index: int) -> np.ndarray:
+    """Example `index`'s image alone, resized and normalised as in an evaluation episode."""
+    return self._example(index, 0, None)[0]
 
   def load(self, episode: Episode, key: Sequence[int]) -> dict[str, np.ndarray]:
     """One episode; `key` seeds its augmentation (ignored without augmentation)."""

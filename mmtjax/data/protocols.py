@@ -17,6 +17,8 @@ import dataclasses
 
 import ml_collections
 
+from mmtjax.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class Protocol:
@@ -44,12 +46,12 @@ def test_protocol(data: ml_collections.ConfigDict, eval_cfg: ml_collections.Conf
     if dataset == 'fss1000':
       return Protocol(name, None, 0, 400, 'square', order='each_query')
     if dataset not in _HSNET_EPISODES:
-      raise ValueError(f"protocol 'hsnet' is not defined for dataset {dataset!r}")
+      raise UserError(f"protocol 'hsnet' is not defined for dataset {dataset!r}")
     order = 'round_robin' if dataset == 'suim' else 'random'
     return Protocol(name, _HSNET_EPISODES[dataset], 0, 400, 'square', order=order)
   if name == 'pfenet':
     if dataset not in _PFENET_EPISODES:
-      raise ValueError(f"protocol 'pfenet' is defined for {sorted(_PFENET_EPISODES)}, not {dataset!r}")
+      raise UserError(f"protocol 'pfenet' is defined for {sorted(_PFENET_EPISODES)}, not {dataset!r}")
     return Protocol(name, _PFENET_EPISODES[dataset], 321, 473, 'longer_side_pad',
                     original_resolution=True)
-  raise ValueError(f'data.protocol must be one of {PROTOCOLS}, got {name!r}')
+  raise UserError(f'data.protocol must be one of {PROTOCOLS}, got {name!r}')

@@ -5,11 +5,16 @@ one to three objects of distinct classes with random blob shapes on a
 background, and a label map with the class id of every pixel (0 background,
 255 a one-pixel boundary band, as in PASCAL VOC).
 
-- source domain: 20 classes (4 folds of 5) in a clean style: smooth
-  backgrounds, full contrast;
-- target domain: 6 other classes (other patterns and colours) in another
-  style: washed-out contrast, a colour cast, grainy textured backgrounds and
-  sensor noise, which shifts the channel statistics of every feature map.
+- source domain: 20 classes (4 folds of 5) drawn in one of five styles
+  (SOURCE_STYLES), as real source sets mix many: clean (full contrast), cool
+  and bright (a blue cast, lifted blacks), dark and contrasty (low key,
+  stretched contrast), soft (Gaussian blur, slightly desaturated) and grey
+  (mostly desaturated, with mild noise). Each image's style is drawn from its
+  own generator, so shapes and classes do not depend on it;
+- target domain: 6 other classes (other patterns and colours) in a style
+  that is none of those: washed-out contrast, a warm colour cast, grainy
+  textured backgrounds and sensor noise, which shifts the channel statistics
+  of every feature map.
 
 Everything is a pure function of (seed, split, index), so the dataset is
 identical on every machine.
@@ -21,6 +26,8 @@ import dataclasses
 
 import numpy as np
 
+from mmtjax.errors import UserError
+
 SOURCE_CLASSES = tuple(range(1, 21))
 TARGET_CLASSES = tuple(range(21, 27))
 NUM_FOLDS = 4
@@ -30,6 +37,7 @@ _PALETTE = np.array([
     [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212],
 ], np.float32) / 255.0
 _SOURCE_PATTERNS = ('stripes', 'dots', 'checker', 'diagonal')
+SOURCE_STYLES = ('clean', 'cool_bright', 'dark_contrast', 'soft', 'grey')
 _TARGET_PATTERNS = ('rings', 'hatch', 'waves')
 
 
@@ -50,7 +58,7 @@ SPLITS = {
 def fold_classes(fold: int) -> tuple[int, ...]:
   """The 5 novel classes of a source fold (PASCAL-5i style: fold i = 5i+1..5i+5)."""
   if not 0 <= fold < NUM_FOLDS:
-    raise ValueError(f'fold must be in 0..{NUM_FOLDS - 1}, got {fold}')
+    raise UserError(f'fold must be in 0..{NUM_FOLDS - 1}, got {fold}')
   return SOURCE_CLASSES[5 * fold:5 * fold + 5]
 
 
@@ -124,17 +132,48 @@ def _boundary(label: np.ndarray) -> np.ndarray:
   return edge
 
 
-def _apply_style(image: np.ndarray, domain: str, rng: np.random.Generator,
-                 yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-  if domain == 'source':
-    return image + rng.normal(0, 0.02, image.shape)
-  # Target style: washed-out contrast, colour cast, grain and sensor noise.
+def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
+  """Separable Gaussian blur of [H, W, 3] with edge padding."""
+  radius = max(1, int(round(3 * sigma)))
+  k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+  k /= k.sum()
+  pad = np.pad(image, ((radius, radius), (radius, radius), (0, 0)), mode='edge')
+  rows = sum(w * pad[i:i + image.shape[0]] for i, w in enumerate(k))
+  return sum(w * rows[:, i:i + image.shape[1]] for i, w in enumerate(k))
+
+
+def _apply_style(image: np.ndarray, style: str, rng: np.random.Generator) -> np.ndarray:
+  """Image [H, W, 3] in ~[0, 1] rendered in a named style (SOURCE_STYLES or 'target')."""
   size = image.shape[0]
+  grey = image.mean(axis=-1, keepdims=True)
+  if style == 'clean':
+    return image + rng.normal(0, 0.02, image.shape)
+  if style == 'cool_bright':
+    cast = np.array([0.8, 0.95, 1.15]) * rng.uniform(0.95, 1.05, 3)
+    return (0.75 * image + 0.25) * cast + rng.normal(0, 0.02, image.shape)
+  if style == 'dark_contrast':
+    return 1.5 * (image - 0.5) + 0.3 + rng.normal(0, 0.02, image.shape)
+  if style == 'soft':
+    image = 0.6 * image + 0.4 * grey
+    return _blur(image, 1.2 * size / 96) + rng.normal(0, 0.01, image.shape)
+  if style == 'grey':
+    return 0.85 * grey + 0.15 * image + rng.normal(0, 0.04, image.shape)
+  if style != 'target':
+    raise ValueError(f'unknown style {style!r}')
+  # Target style: washed-out contrast, warm colour cast, grain and sensor noise.
   cast = np.array([1.15, 0.95, 0.6]) * rng.uniform(0.9, 1.1, 3)
   grain = _smooth_noise(size, rng, size // 3)[..., None] - 0.5
   image = 0.45 * image + 0.35
   image = image * cast + 0.18 * grain
   return image + rng.normal(0, 0.06, image.shape)
+
+
+def image_style(split: str, index: int, *, seed: int = 0) -> str:
+  """The style of an image: drawn from a generator of its own (target: always 'target')."""
+  if SPLITS[split].domain != 'source':
+    return 'target'
+  rng = np.random.default_rng([seed, list(SPLITS).index(split), index, 1])
+  return SOURCE_STYLES[int(rng.integers(len(SOURCE_STYLES)))]
 
 
 def generate_example(split: str, index: int, *, seed: int = 0, size: int = 96
@@ -158,6 +197,6 @@ def generate_example(split: str, index: int, *, seed: int = 0, size: int = 96
     t = _texture(pattern, period * size / 96, yy, xx, rng)[..., None]
     image = np.where(mask[..., None], a * t + b * (1 - t), image)
     label[mask] = cls
-  image = _apply_style(image, spec.domain, rng, yy, xx)
+  image = _apply_style(image, image_style(split, index, seed=seed), rng)
   label[_boundary(label)] = 255
   return np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8), label

@@ -14,6 +14,8 @@ import io
 import numpy as np
 from PIL import Image
 
+from mmtjax.errors import UserError
+
 IGNORE_LABEL = 255
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -27,7 +29,7 @@ def decode_image(data: bytes, what: str) -> np.ndarray:
       im.load()
       return np.asarray(im)
   except Exception as e:  # PIL raises several types for broken files.
-    raise ValueError(f'cannot decode {what}: {e}') from e
+    raise UserError(f'cannot decode {what}: {e}') from e
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from mmtjax.errors import UserError
 from mmtjax.models.mmnet import MMNet
 from mmtjax.models.mmt import MMT
 
@@ -16,7 +17,7 @@ def get_model(config: ml_collections.ConfigDict, axis_name: str | None = None) -
   """Builds the model named by config.model.name: 'mmt', 'baseline' (MMT without memory) or 'mmnet'."""
   m = config.model
   if m.name not in MODELS:
-    raise ValueError(f'unknown model {m.name!r}; choose from {MODELS}')
+    raise UserError(f'unknown model {m.name!r}; choose from {MODELS}')
   dtype = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[config.get('compute_dtype', 'float32')]
   common = dict(backbone=m.backbone, stem=m.stem, output_stride=m.output_stride,
                 backbone_bn=m.backbone_bn, axis_name=axis_name, dtype=dtype)

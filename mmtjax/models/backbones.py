@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmtjax.errors import UserError
+
 STAGES = ('stem', 'layer1', 'layer2', 'layer3', 'layer4')
 
 
@@ -90,7 +92,7 @@ class Stem(nn.Module):
         x = conv(width, (3, 3), 2 if i == 0 else 1, padding=1)(x)
         x = nn.relu(_norm(train_bn, self.axis_name, self.dtype)(x))
     else:
-      raise ValueError(f"stem must be 'torchvision' or 'deep', got {self.kind!r}")
+      raise UserError(f"stem must be 'torchvision' or 'deep', got {self.kind!r}")
     return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
 
 
@@ -153,7 +155,7 @@ class Backbone(nn.Module):
 
   def setup(self):
     if self.output_stride not in (8, 32):
-      raise ValueError(f'output_stride must be 8 or 32, got {self.output_stride}')
+      raise UserError(f'output_stride must be 8 or 32, got {self.output_stride}')
     kw = dict(axis_name=self.axis_name, dtype=self.dtype)
     if self.arch == 'resnet':
       block = {'bottleneck': Bottleneck, 'basic': BasicBlock}[self.block]
@@ -171,7 +173,7 @@ class Backbone(nn.Module):
       pools = (True, True, True, self.output_stride == 32, self.output_stride == 32)
       self.stages = [VGGStage(w, n, p, **kw) for w, n, p in zip(self.widths, self.stage_sizes, pools)]
     else:
-      raise ValueError(f"arch must be 'resnet' or 'vgg', got {self.arch!r}")
+      raise UserError(f"arch must be 'resnet' or 'vgg', got {self.arch!r}")
 
   def __call__(self, x: jax.Array, *, train_bn: bool, start: str = 'stem',
                stop: str = 'layer4') -> dict[str, jax.Array]:
@@ -201,7 +203,7 @@ def get_backbone(name: str, *, stem: str | None = None, output_stride: int = 8,
                  axis_name: str | None = None, dtype: Any = jnp.float32) -> Backbone:
   """Builds a backbone by name: resnet50, resnet101, vgg16_bn, resnet_tiny."""
   if name not in _BACKBONES:
-    raise ValueError(f'unknown backbone {name!r}; choose from {sorted(_BACKBONES)}')
+    raise UserError(f'unknown backbone {name!r}; choose from {sorted(_BACKBONES)}')
   spec = dict(_BACKBONES[name])
   if stem is not None and spec['arch'] == 'resnet':
     spec['stem'] = stem

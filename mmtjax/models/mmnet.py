@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from mmtjax import ops
+from mmtjax.errors import UserError
 from mmtjax.models import backbones
 from mmtjax.models.meta_class import COSINE_EPS, MetaClassMemory
 
@@ -155,7 +156,7 @@ class MMNet(nn.Module):
 
   def setup(self):
     if self.backbone_bn not in ('batch', 'running'):
-      raise ValueError(f"backbone_bn must be 'batch' or 'running', got {self.backbone_bn!r}")
+      raise UserError(f"backbone_bn must be 'batch' or 'running', got {self.backbone_bn!r}")
     self.encoder = backbones.get_backbone(self.backbone, stem=self.stem, output_stride=self.output_stride,
                                           axis_name=self.axis_name, dtype=self.dtype)
     self.down_query = ConvReLU(self.reduce_dim, 1, self.dtype)
@@ -197,7 +198,7 @@ class MMNet(nn.Module):
     elif self.prior_stage == 'layer3':
       high = [f['layer3'] for f in feats]
     else:
-      raise ValueError(f"prior_stage must be 'layer4' or 'layer3', got {self.prior_stage!r}")
+      raise UserError(f"prior_stage must be 'layer4' or 'layer3', got {self.prior_stage!r}")
     high = [jax.lax.stop_gradient(x) for x in high]
     hp, wp = high[0].shape[1:3]
     masks_p = ops.resize_align_corners(fg, (hp, wp)).reshape(b, k, hp, wp)

@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 
 from mmtjax import ops
+from mmtjax.errors import UserError
 from mmtjax.models import backbones, heads
-from mmtjax.models.style_memory import StyleMemory
+from mmtjax.models.style_memory import StyleMemory, distinct_count
 
 
 class MMT(nn.Module):
@@ -54,11 +55,11 @@ class MMT(nn.Module):
 
   def setup(self):
     if self.backbone_bn not in ('batch', 'running'):
-      raise ValueError(f"backbone_bn must be 'batch' or 'running', got {self.backbone_bn!r}")
+      raise UserError(f"backbone_bn must be 'batch' or 'running', got {self.backbone_bn!r}")
     order = [backbones.STAGES.index(s) for s in self.feature_stages]
     self._last_stage = backbones.STAGES[max(order)]
     if backbones.STAGES.index(self.memory_stage) > max(order):
-      raise ValueError(f'memory_stage {self.memory_stage!r} lies above every feature stage '
+      raise UserError(f'memory_stage {self.memory_stage!r} lies above every feature stage '
                        f'{tuple(self.feature_stages)}')
     self.encoder = backbones.get_backbone(self.backbone, stem=self.stem,
                                           output_stride=self.output_stride,
@@ -68,19 +69,22 @@ class MMT(nn.Module):
     self.neck = nn.Conv(self.embed_dim, (1, 1), use_bias=False, dtype=self.dtype)
     self.drop = nn.Dropout(self.dropout, broadcast_dims=(1, 2))
 
-  def _encode(self, images, *, train: bool, restyle: str | None):
-    """Images [N, H, W, 3] -> (embeddings [M, h, w, D], orth_loss).
+  def _encode(self, images, *, train: bool, restyle: str | None, episodes: int):
+    """Images [N, H, W, 3] -> (embeddings [M, h, w, D], orth_loss, diagnostics).
 
     restyle None: M = N, no memory. 'target': M = N, transferred features.
     'source' (training): M = 2N, the original images then the re-styled ones.
+    diagnostics: {'log': scalars to log, 'histograms': [episodes, N] item counts}.
     """
     train_bn = train and self.backbone_bn == 'batch'
     low = self.encoder(images, train_bn=train_bn, stop=self.memory_stage)
     orth = jnp.zeros((), jnp.float32)
+    diagnostics = {}
     if restyle is not None:
       f = low[self.memory_stage]
       f_new, aux = self.style_memory(f, domain=restyle, train=train)
       orth = aux['orth_loss']
+      diagnostics = self._memory_diagnostics(aux, restyle, episodes)
       if restyle == 'source':
         # Only the stages the neck reads are needed for both branches.
         low = {k: jnp.concatenate([v, v], axis=0) for k, v in low.items()
@@ -96,7 +100,24 @@ class MMT(nn.Module):
     size = max((x.shape[1:3] for x in chosen), key=lambda hw: hw[0] * hw[1])
     x = jnp.concatenate([ops.resize_features(c, size) for c in chosen], axis=-1)
     x = nn.relu(self.neck(x))
-    return self.drop(x, deterministic=not train), orth
+    return self.drop(x, deterministic=not train), orth, diagnostics
+
+  def _memory_diagnostics(self, aux, restyle: str, episodes: int) -> dict:
+    """What the memory did: item diversity, distinct items chosen, per-episode item counts."""
+    n = self.style_memory.num_items
+    item, nearest = aux['item'], aux['nearest']
+    if self.axis_name is not None and restyle == 'source':
+      # Distinct items over the global batch (the memory's update sees all of it).
+      item = jax.lax.all_gather(item, self.axis_name, tiled=True)
+      nearest = jax.lax.all_gather(nearest, self.axis_name, tiled=True)
+    log = {'memory_diversity': aux['diversity'],
+           f'memory_items_{restyle}': distinct_count(item, n),
+           'memory_items_nearest': distinct_count(nearest, n)}
+    # Images are the B*K supports then the B queries: fold them into episodes.
+    onehot = jax.nn.one_hot(aux['item'], n)
+    k = aux['item'].shape[0] // episodes - 1
+    per_episode = onehot[:episodes * k].reshape(episodes, k, n).sum(1) + onehot[episodes * k:]
+    return {'log': log, 'histograms': {f'memory_item_{restyle}': per_episode}}
 
   def _segment(self, emb, b, k, support_labels):
     """Embeddings of B*K supports then B queries -> (logits [B, h, w, 2], fg [B, D])."""
@@ -121,7 +142,9 @@ class MMT(nn.Module):
     Returns:
       'logits' [B, h, w, 2] (feature resolution), 'orth_loss' []; in training
       with the memory also 'logits_orig' and the foreground prototypes
-      'proto_orig', 'proto_enh' [B, D] of the two branches.
+      'proto_orig', 'proto_enh' [B, D] of the two branches. With the memory
+      in use, 'log' (scalar diagnostics the train step logs) and 'histograms'
+      ([B, N] per episode: how often each item was chosen).
     """
     b, k = support_images.shape[:2]
     images = jnp.concatenate([support_images.reshape(b * k, *support_images.shape[2:]),
@@ -132,12 +155,18 @@ class MMT(nn.Module):
       restyle = 'source'
     else:
       restyle = 'target' if transfer else None
-    emb, orth = self._encode(images, train=train, restyle=restyle)
+    emb, orth, diagnostics = self._encode(images, train=train, restyle=restyle, episodes=b)
     if restyle != 'source':
       logits, _ = self._segment(emb, b, k, support_labels)
-      return {'logits': logits, 'orth_loss': orth}
+      return {'logits': logits, 'orth_loss': orth, **diagnostics}
     n = images.shape[0]
     logits_orig, proto_orig = self._segment(emb[:n], b, k, support_labels)
     logits, proto_enh = self._segment(emb[n:], b, k, support_labels)
     return {'logits': logits, 'logits_orig': logits_orig, 'proto_orig': proto_orig,
-            'proto_enh': proto_enh, 'orth_loss': orth}
+            'proto_enh': proto_enh, 'orth_loss': orth, **diagnostics}
+
+  def style_stats(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Channel mean and std [N, C] of images [N, H, W, 3] at the memory stage (eval mode)."""
+    low = self.encoder(images.astype(self.dtype), train_bn=False, stop=self.memory_stage)
+    return ops.channel_stats(low[self.memory_stage].astype(jnp.float32),
+                             (self.memory or {}).get('eps', 1e-5))

@@ -27,6 +27,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from mmtjax.errors import UserError
+
 _LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 
 DTYPES = {
@@ -36,7 +38,7 @@ DTYPES = {
 }
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError):
   """A weights file that cannot be read or does not fit the model."""
 
 
@@ -202,7 +204,7 @@ def _load_legacy(path: str) -> Any:
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
   """name -> numpy array of a PyTorch checkpoint; unwraps {'state_dict': ...} and 'module.'."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'weights file {path} does not exist')
+    raise WeightsError(f'weights file {path} does not exist (model.pretrained)')
   try:
     obj = _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
   except WeightsError:

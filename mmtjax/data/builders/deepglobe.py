@@ -22,6 +22,7 @@ import os
 import numpy as np
 
 from mmtjax.data.builders import raw
+from mmtjax.errors import UserError
 
 CLASS_NAMES = ('urban', 'agriculture', 'rangeland', 'forest', 'water', 'barren')
 # (R, G, B) after thresholding -> class id; (0, 0, 0) is unknown.
@@ -75,7 +76,7 @@ class Deepglobe(raw.RawBuilder):
     image = raw.read_image(image_path)
     label = colour_classes(raw.read_image(mask_path))
     if image.shape[:2] != label.shape or min(label.shape) < GRID * TILE:
-      raise ValueError(f'{image_path}: expected a {GRID * TILE}^2 image and mask, got '
+      raise UserError(f'{image_path}: expected a {GRID * TILE}^2 image and mask, got '
                        f'{image.shape[:2]} and {label.shape}')
     return [raw.Example(f'{key}_{r}_{c}', raw.encode_png(np.ascontiguousarray(im[..., :3])), lab)
             for r, c, im, lab in tiles(image, label) if keep_tile(lab)]

@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from mmtjax.data import synthetic
+from mmtjax.data.builders import construction
 
 
 @dataclasses.dataclass
@@ -41,9 +42,10 @@ def _make(args):
 
 
 class MmtjaxShapes(tfds.core.GeneratorBasedBuilder):
-  """Textured shapes: a clean source domain (20 classes) and a shifted target (6 classes)."""
+  """Textured shapes: a source domain of five styles (20 classes) and a shifted target (6 classes)."""
 
-  VERSION = tfds.core.Version('1.0.0')
+  VERSION = tfds.core.Version('2.0.0')
+  RELEASE_NOTES = {'2.0.0': 'Source images in five styles (synthetic.SOURCE_STYLES).'}
   BUILDER_CONFIGS = [
       ShapesConfig(name='default', description='96 px, 2080 images'),
       ShapesConfig(name='tiny', description='32 px, 1/10 of the images (tests)',
@@ -81,6 +83,7 @@ class MmtjaxShapes(tfds.core.GeneratorBasedBuilder):
 
 def load_builder(config_name: str = 'default', data_dir: str | None = None) -> MmtjaxShapes:
   """The builder, generating and caching the dataset on first use."""
-  builder = MmtjaxShapes(config=config_name, data_dir=data_dir, file_format='array_record')
+  builder = construction.new_builder(MmtjaxShapes, config=config_name, data_dir=data_dir,
+                                     file_format='array_record')
   builder.download_and_prepare()
   return builder

@@ -23,6 +23,7 @@ import os
 import numpy as np
 
 from mmtjax.data.builders import raw
+from mmtjax.errors import UserError
 
 CLASS_NAMES = ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair',
                'cow', 'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep',
@@ -37,7 +38,7 @@ def fold_classes(fold: int) -> tuple[int, ...]:
 def _class_map(path: str) -> np.ndarray:
   label = raw.read_image(path)
   if label.ndim != 2:
-    raise ValueError(f'{path}: expected a single-channel class-id mask, got shape {label.shape}')
+    raise UserError(f'{path}: expected a single-channel class-id mask, got shape {label.shape}')
   return label.astype(np.uint8)
 
 

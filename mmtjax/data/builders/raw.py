@@ -27,11 +27,12 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from mmtjax.data import transforms
+from mmtjax.errors import UserError
 
 IGNORE = 255
 
 
-class RawDataError(FileNotFoundError):
+class RawDataError(UserError):
   """The manual directory is missing, incomplete or not what the builder expects."""
 
 
@@ -105,7 +106,7 @@ def file_item(key: str, image_path: str, label_fn: Callable[[], np.ndarray], *,
     image = transforms.decode_image(data, image_path)
     label = label_fn()
     if image.shape[:2] != label.shape:
-      raise ValueError(f'{image_path}: image {image.shape[:2]} and mask {label.shape} differ in size')
+      raise UserError(f'{image_path}: image {image.shape[:2]} and mask {label.shape} differ in size')
     return [Example(key, data, label, binary, class_id)]
 
   return Item(image_path, load)
@@ -205,7 +206,7 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
     nothing; those with folds (PASCAL-5i, COCO-20i) override this."""
     del split, training
     if fold >= 0:
-      raise ValueError(f'{self.name} has no folds (data.fold must be -1)')
+      raise UserError(f'{self.name} has no folds (data.fold must be -1)')
     return indexed
 
 

@@ -21,6 +21,7 @@ import os
 import numpy as np
 
 from mmtjax.data.builders import raw
+from mmtjax.errors import UserError
 
 CLASS_NAMES = ('FV', 'HD', 'PF', 'RI', 'RO', 'SR', 'WR')
 _CODES = {0b110: 1, 0b001: 2, 0b010: 3, 0b101: 4, 0b100: 5, 0b111: 6, 0b011: 7}
@@ -35,7 +36,7 @@ def colour_classes(mask_rgb: np.ndarray) -> np.ndarray:
 def _label(path: str) -> np.ndarray:
   mask = raw.read_image(path)
   if mask.ndim != 3:
-    raise ValueError(f'{path}: expected an RGB colour mask, got shape {mask.shape}')
+    raise UserError(f'{path}: expected an RGB colour mask, got shape {mask.shape}')
   return colour_classes(mask)
 
 
