@@ -119,6 +119,20 @@ def main():
       ('deleted array_record file', lambda: train('d1', damaged_data(True)), 2),
       ('corrupt array_record file', lambda: train('d2', damaged_data(False)), 2),
   ]
+  first = None
+
+  def second_trainer():
+    nonlocal first
+    first = subprocess.Popen([sys.executable, *train('busy', '--config.train.num_steps=100000')], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+    lock = os.path.join(tmp, 'busy', '.train.lock')
+    deadline = time.time() + 120
+    while time.time() < deadline and not (os.path.exists(lock) and os.path.getsize(lock)):
+      time.sleep(0.2)
+    return train('busy', '--config.train.num_steps=100000')
+
+  cases.append(('a second trainer on the same workdir', second_trainer, 2))
   rows = []
   for name, make, want in cases:
     code, lines, seconds = _run(make())
@@ -128,11 +142,14 @@ def main():
     rows.append((name, code, len(lines), errors[0] if errors else (lines[-1] if lines else ''), ok))
     print(f'{"ok  " if ok else "FAIL"} {name}: exit {code}, {len(lines)} lines, {seconds:.1f} s | '
           f'{rows[-1][3][:150]}', flush=True)
+  if first is not None:
+    first.kill()
+    first.wait()
   print(f'code from a weights file ran: {os.path.exists(marker)}')
   if a.markdown:
     print('\n| case | exit | lines | message |\n| --- | --- | --- | --- |')
     for name, code, n, line, _ in rows:
-      print(f'| {name} | {code} | {n} | `{line[:110]}` |')
+      print(f'| {name} | {code} | {n} | `{line.replace(tmp, "<tmp>")[:110]}` |')
   shutil.rmtree(tmp, ignore_errors=True)
   if not all(r[4] for r in rows):
     sys.exit(1)

@@ -45,10 +45,27 @@ def verbose() -> bool:
   return 'verbosity' in flags.FLAGS and flags.FLAGS['verbosity'].present
 
 
-def _config_error(e: BaseException) -> str:
-  text = _one_line(str(e) or type(e).__name__)
+def _config_error(e: BaseException, argv: list[str]) -> str:
+  raw = str(e) or type(e).__name__
+  if 'Traceback (most recent call last)' in raw:
+    # absl embeds the config file's traceback: keep its last line, the error itself.
+    last = [line for line in raw.splitlines() if line.strip()][-1].strip()
+    head, _, message = last.partition(': ')
+    return message if message and head.replace('.', '').replace('_', '').isalnum() else last
+  text = _one_line(raw)
   # ml_collections shows the offending key with repr(): unescape its quotes.
-  return text.replace("\\'", "'").replace('\\n', ' ')
+  text = text.replace("\\'", "'").replace('\\n', ' ')
+  key = text.strip('"\' ')
+  if 'Did you mean' in key:  # ml_collections' suggestion for a misspelt section or field.
+    name, _, hint = key.partition(' Did you mean ')
+    return f"unknown config field '{name.strip(chr(39))}'; did you mean {hint.replace(chr(34), chr(39))}"
+  if isinstance(e, (KeyError, AttributeError)) or key.isidentifier():
+    for arg in argv:  # Name the override that holds the unknown key.
+      name = arg.split('=', 1)[0]
+      if name.startswith('--config.') and key in name.split('.'):
+        return (f'unknown config field {name[len("--config."):]!r} in {arg}; check its spelling '
+                f'against the config file')
+  return text
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -72,7 +89,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   except Exception as e:  # noqa: BLE001 - any error while loading the config file is the user's.
     if os.environ.get('MMTJAX_TRACEBACK', '') not in ('', '0'):
       raise
-    fail(_config_error(e))
+    fail(_config_error(e, argv))
   if not flags.FLAGS['verbosity'].present:
     absl_logging.set_verbosity(absl_logging.WARNING)
     quiet_libraries()
