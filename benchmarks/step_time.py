@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, '.')
 from configs import default  # noqa: E402
-from mmtjax import parallel  # noqa: E402
+from mmtjax import methods, parallel  # noqa: E402
 from mmtjax.models import get_model  # noqa: E402
 from mmtjax.models.style_memory import StyleMemory  # noqa: E402
 from mmtjax.state import create_train_state, learning_rate_schedule, trainable_labels  # noqa: E402
@@ -72,9 +72,10 @@ def main():
 
     rows[f'{name} train step'] = _time(train, a.iters)
     variables = parallel.eval_variables(holder[0])
-    for transfer in ((True, False) if name == 'mmt' else (False,)):
-      ev = parallel.make_eval_step(model, transfer)
-      label = f'{name} eval step' + (f" (transfer {'on' if transfer else 'off'})" if name == 'mmt' else '')
+    method = methods.get(name)
+    for mode_name, mode in method.eval_modes.items():
+      ev = parallel.make_eval_step(method, model, mode)
+      label = f'{name} eval step' + (f' ({mode_name})' if len(method.eval_modes) > 1 else '')
       rows[label] = _time(lambda ev=ev: ev(variables, batch), a.iters)
     if name == 'mmt':
       images = np.concatenate([host['support_images'][0].reshape(-1, s, s, 3), host['query_images'][0]])
@@ -90,7 +91,7 @@ def main():
   for label, t in rows.items():
     print(f'{label:<{width}}  {t * 1e3:8.2f} ms')
   base, mmt = rows['baseline train step'], rows['mmt train step']
-  on, off = rows['mmt eval step (transfer on)'], rows['mmt eval step (transfer off)']
+  on, off = rows['mmt eval step (memory_on)'], rows['mmt eval step (memory_off)']
   print(f'mmt/baseline train step: {mmt / base:.2f}x | transfer on/off eval step: '
         f'{100 * (on / off - 1):+.1f}% | memory update / mmt train step: '
         f'{100 * rows["style memory update alone"] / mmt:.1f}%')

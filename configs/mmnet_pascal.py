@@ -17,14 +17,14 @@ import ml_collections
 from ml_collections import config_dict
 
 from configs import default
-from mmtjax import config_lib
+from mmtjax import config_lib, methods
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_lib.parse_arg(arg, shot=1, fold=0)
   config = default.get_config(f'model=mmnet,shot={arg.shot},fold={arg.fold}')
-  config.model = default.mmnet_model()
-  config.loss = dict(aux=1.0, recon=0.1)
+  for section, fields in methods.get('mmnet').config('paper').items():  # The paper's model and loss.
+    config[section] = fields
   config.data = dict(
       dataset='pascal5i',
       data_dir=config_dict.placeholder(str),     # tfds data dir

@@ -8,7 +8,6 @@ import os
 import ml_collections
 
 from mmtjax.errors import UserError
-from mmtjax.models import MODELS
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -36,7 +35,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Raises UserError with one line naming the first invalid field, before any work is done."""
   t, d, e = config.train, config.data, config.eval
   checks = [
-      (config.model.name in MODELS, f'model.name must be one of {MODELS}'),
       (d.shot >= 1, 'data.shot must be >= 1'),
       (-1 <= d.fold <= 3, 'data.fold must be -1 (all classes) or 0..3'),
       (d.image_size >= 16, 'data.image_size must be >= 16'),
@@ -63,42 +61,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
       (e.val_episodes >= 1 or t.eval_every == 0, 'eval.val_episodes must be >= 1 (or train.eval_every=0)'),
       (config.compute_dtype in ('float32', 'bfloat16'), "compute_dtype must be 'float32' or 'bfloat16'"),
   ]
-  from mmtjax.data import pipeline, protocols  # Late: keeps config parsing free of the data stack.
-  from mmtjax.models import backbones
-  from mmtjax.models import style_memory as sm
+  from mmtjax import methods  # Late: keeps config parsing free of the model and data stacks.
+  from mmtjax.data import pipeline, protocols
+  methods.for_config(config)  # An unknown model name: one line naming the known ones.
   checks += [
       (d.augment in pipeline.AUGMENTS, f'data.augment must be one of {pipeline.AUGMENTS}'),
       (d.get('protocol', 'custom') in protocols.PROTOCOLS, f'data.protocol must be one of {protocols.PROTOCOLS}'),
   ]
-  m = config.model
-  if m.name == 'mmnet':
-    checks += [
-        (all(b >= 1 for b in m.bins), 'model.bins must be positive'),
-        (m.num_meta_classes >= 1, 'model.num_meta_classes must be >= 1'),
-        ({'aux', 'recon'} <= set(config.loss), 'loss needs the fields aux and recon for mmnet'),
-    ]
-  else:
-    mem = config.memory
-    checks += [
-        (m.memory_stage in backbones.STAGES,
-         f'model.memory_stage {m.memory_stage!r} is not a stage of the backbone; choose from {backbones.STAGES}'),
-        (all(s in backbones.STAGES for s in m.feature_stages),
-         f'model.feature_stages must be stages of the backbone {backbones.STAGES}'),
-        (m.memory_stage not in backbones.STAGES or not all(s in backbones.STAGES for s in m.feature_stages) or
-         backbones.STAGES.index(m.memory_stage) <= max(backbones.STAGES.index(s) for s in m.feature_stages),
-         'model.memory_stage must not lie above every model.feature_stages'),
-        (isinstance(mem.num_items, int) and mem.num_items >= 1, 'memory.num_items must be an integer >= 1'),
-        (_number(mem.momentum) and 0.0 <= mem.momentum < 1.0, 'memory.momentum must be in [0, 1)'),
-        (_number(mem.alpha) and 0.0 <= mem.alpha <= 1.0, 'memory.alpha must be in [0, 1]'),
-        (_number(mem.tau) and mem.tau > 0, 'memory.tau must be > 0'),
-        (_number(mem.eps) and mem.eps > 0, 'memory.eps must be > 0'),
-        (mem.get('similarity', 'centered_cosine') in sm.SIMILARITIES,
-         f'memory.similarity must be one of {sm.SIMILARITIES}'),
-        (mem.get('assignment', 'batch') in sm.ASSIGNMENTS, f'memory.assignment must be one of {sm.ASSIGNMENTS}'),
-        (_number(mem.get('reseed_threshold', 0.0)) and 0 <= mem.get('reseed_threshold', 0.0) < 1,
-         'memory.reseed_threshold must be in [0, 1) (0: off)'),
-        ({'orth', 'cont'} <= set(config.loss), f'loss needs the fields orth and cont for {m.name}'),
-    ]
+  checks += methods.for_config(config).validate(config)
   checks += [(_number(w) and w >= 0, f'loss.{k} must be a finite number >= 0') for k, w in config.loss.items()]
   for ok, message in checks:
     if not ok:

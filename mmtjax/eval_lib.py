@@ -12,32 +12,25 @@ import jax
 import ml_collections
 import numpy as np
 
-from mmtjax import checkpointing, config_lib, metrics, parallel, visualize
+from mmtjax import checkpointing, config_lib, methods, metrics, parallel, visualize
 from mmtjax.data import datasets, pipeline, protocols
 from mmtjax.data.episodes import EpisodeSampler
 from mmtjax.errors import UserError
 from mmtjax.models import get_model
 from mmtjax.state import create_train_state
 
-MODES = {'memory_on': True, 'memory_off': False}
-
-
-def eval_modes(model_name: str) -> dict[str, bool]:
-  """Report rows -> the model's `transfer` flag: MMT with the memory transfer on and off,
-  the baseline without it, MM-Net (whose meta-class memory is part of the network) once."""
-  return {'mmt': MODES, 'baseline': {'memory_off': False}}.get(model_name, {model_name: True})
-
 
 def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
                        split: datasets.SplitData, *, split_name: str | None = None,
                        protocol: protocols.Protocol | None = None,
-                       modes: dict[str, bool] | None = None, devices=None,
+                       modes: dict[str, dict] | None = None, devices=None,
                        step_cache: dict | None = None) -> dict:
   """Runs a fixed, seeded episode list once per eval mode (e.g. memory transfer on and off).
 
   variables: replicated {'params', 'batch_stats', 'memory'} over `devices`
   (default: the local devices). Defaults: the config's test split, its test
-  protocol (data.protocol) and the model's `eval_modes`.
+  protocol (data.protocol) and the method's `eval_modes` (row name -> the
+  module's test-time keyword arguments).
   """
   e = config.eval
   protocol = protocol or protocols.test_protocol(config.data, e)
@@ -48,15 +41,17 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
   loader = pipeline.EpisodeLoader(split.source, image_size=protocol.image_size, augment='none',
                                   seed=protocol.seed, num_workers=config.data.num_workers,
                                   resize=protocol.resize)
+  method = methods.for_config(config)
   if modes is None:
-    modes = eval_modes(config.model.name)
+    modes = dict(method.eval_modes)
   output = 'logit_diff' if protocol.original_resolution else 'counts'
   cache = {} if step_cache is None else step_cache
   steps = {}
-  for name, transfer in modes.items():
-    if (transfer, output) not in cache:
-      cache[(transfer, output)] = parallel.make_eval_step(model, transfer, devices, output)
-    steps[name] = cache[(transfer, output)]
+  for name, mode in modes.items():
+    key = (name, tuple(sorted(mode.items())), output)
+    if key not in cache:
+      cache[key] = parallel.make_eval_step(method, model, mode, devices, output)
+    steps[name] = cache[key]
   meters = {name: metrics.SegmentationMeter() for name in modes}
   hist_totals: dict[str, dict[str, np.ndarray]] = {name: {} for name in modes}
   start = time.time()

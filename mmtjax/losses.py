@@ -1,9 +1,9 @@
-"""Losses: pixel cross-entropy (L_pro), prototype contrast (L_cont), and their sum."""
+"""Loss terms shared by the methods: pixel cross-entropy (L_pro) and prototype contrast (L_cont).
+
+Each method combines them into its objective (mmtjax.methods).
+"""
 
 from __future__ import annotations
-
-from collections.abc import Mapping
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -48,34 +48,3 @@ def contrastive_loss(p_b: jax.Array, p_t: jax.Array) -> jax.Array:
 def gather_batch(x: jax.Array, axis_name: str | None) -> jax.Array:
   """All episodes of the global batch on every device ([B, ...] -> [B * devices, ...])."""
   return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
-
-
-def total_loss(outputs: Mapping[str, jax.Array], query_labels: jax.Array,
-               weights: Mapping[str, Any], axis_name: str | None = None
-               ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """The training objective of the model that produced `outputs`, and its terms.
-
-  MMT / baseline: L = L_pro + w_orth L_orth + w_cont L_cont. With the memory,
-  L_pro is the mean of the cross-entropies of the re-styled and the original
-  branch. L_cont compares prototypes across the global batch (gathered over
-  `axis_name`), so the parallel loss equals the single-device one.
-
-  MM-Net (outputs hold 'aux_logits'): L = CE_main + w_aux mean_bins CE_aux +
-  w_recon L_recon.
-  """
-  if 'aux_logits' in outputs:
-    aux = [pixel_cross_entropy(a, query_labels) for a in outputs['aux_logits']]
-    terms = {'main': pixel_cross_entropy(outputs['logits'], query_labels),
-             'aux': sum(aux) / len(aux), 'recon': outputs['recon_loss']}
-    return terms['main'] + weights['aux'] * terms['aux'] + weights['recon'] * terms['recon'], terms
-  terms = {'pro': pixel_cross_entropy(outputs['logits'], query_labels)}
-  if 'logits_orig' in outputs:
-    terms['pro'] = 0.5 * (terms['pro'] + pixel_cross_entropy(outputs['logits_orig'], query_labels))
-    terms['orth'] = outputs['orth_loss']
-    terms['cont'] = contrastive_loss(gather_batch(outputs['proto_orig'], axis_name),
-                                     gather_batch(outputs['proto_enh'], axis_name))
-  loss = terms['pro']
-  for name in ('orth', 'cont'):
-    if name in terms:
-      loss = loss + weights[name] * terms[name]
-  return loss, terms

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IGNORE_LABEL = 255
+from mmtjax.labels import IGNORE_LABEL  # noqa: F401 - re-exported: ops.IGNORE_LABEL
 
 
 def channel_stats(x: jax.Array, eps: float = 1e-5) -> tuple[jax.Array, jax.Array]:

@@ -1,4 +1,5 @@
-"""The one place that compiles steps (jax.pmap over axis 'batch') and shards batches.
+"""Device mechanics: the one place that compiles steps (jax.pmap over axis 'batch'),
+replicates state and shards batches. The steps themselves are in steps.py.
 
 Since JAX 0.8 pmap runs on jit(shard_map); replicated state is therefore a
 jax.Array with a leading device axis, laid out with a NamedSharding over the
@@ -7,19 +8,19 @@ local devices (no deprecated device_put_replicated / x[0] idioms).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mmtjax import losses, metrics
+from mmtjax import methods, steps
 from mmtjax.errors import UserError
-from mmtjax.state import MODEL_COLLECTIONS, TrainState
+from mmtjax.state import TrainState
 
 AXIS = 'batch'
 
@@ -72,85 +73,22 @@ def check_divisible(global_batch: int, num_devices: int) -> int:
   return global_batch // num_devices
 
 
-def _freeze(params, labels):
-  # Frozen parameters are constants inside the step: no backward pass through them.
-  return jax.tree.map(lambda p, lab: jax.lax.stop_gradient(p) if lab == 'frozen' else p,
-                      params, labels)
-
-
 def make_train_step(model, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
                     schedule: optax.Schedule, labels: Any, devices=None) -> Callable:
-  """pmap'd (state, batch) -> (state, metrics); the state buffers are donated.
+  """pmap'd steps.train_step for the config's method: (state, batch) -> (state, metrics).
 
-  Gradients and metrics are averaged over devices; BatchNorm statistics are
-  synchronised inside the model (axis_name) and the style memory gathers
-  statistics from every device, so all replicas stay identical and the step
-  equals a single-device step on the global batch.
-
-  NaN/Inf guard: when the loss, a loss term, the gradient norm or the norm
-  of the new parameters or model state is not finite, the step returns the input state unchanged (step counter included)
-  and metrics['finite'] = 0, so a non-finite step never reaches a checkpoint;
-  the host stops at its next check (train_lib).
+  The state buffers are donated (the step's output replaces them in place).
   """
-  weights = dict(config.loss)
-
-  def step_fn(state: TrainState, batch):
-    rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
-                             jax.lax.axis_index(AXIS))
-
-    def loss_fn(params):
-      variables = {'params': _freeze(params, labels), **state.model_state}
-      outputs, new_model_state = model.apply(
-          variables, batch['support_images'], batch['support_labels'], batch['query_images'],
-          train=True, rngs={'dropout': rng}, mutable=list(MODEL_COLLECTIONS))
-      loss, terms = losses.total_loss(outputs, batch['query_labels'], weights, AXIS)
-      return loss, (terms, outputs.get('log', {}), new_model_state)
-
-    (loss, (terms, logged, new_model_state)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
-    grads = jax.lax.pmean(grads, AXIS)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    stats = {'loss': loss, **{f'loss_{k}': v for k, v in terms.items()}, **logged}
-    stats = jax.lax.pmean(stats, AXIS)
-    stats['lr'] = schedule(state.step)
-    stats['grad_norm'] = optax.global_norm(grads)
-    stats['param_norm'] = optax.global_norm(params)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              model_state={c: new_model_state.get(c, state.model_state[c])
-                                           for c in MODEL_COLLECTIONS})
-    # The new parameters and model state too: a finite loss with a huge
-    # learning rate can still produce non-finite weights, which must never be
-    # stored (or checkpointed).
-    state_norm = optax.global_norm(jax.tree.leaves(new_state.model_state))
-    finite = jnp.all(jnp.isfinite(jnp.stack([stats[k] for k in stats if k.startswith('loss')] +
-                                            [stats['grad_norm'], stats['param_norm'], state_norm])))
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-    stats['finite'] = finite.astype(jnp.float32)
-    return new_state, stats
-
-  return jax.pmap(step_fn, axis_name=AXIS, donate_argnums=(0,), devices=devices)
+  fn = functools.partial(steps.train_step, method=methods.for_config(config), model=model, tx=tx,
+                         weights=dict(config.loss), schedule=schedule, labels=labels, axis_name=AXIS)
+  return jax.pmap(fn, axis_name=AXIS, donate_argnums=(0,), devices=devices)
 
 
-def make_eval_step(model, transfer: bool, devices=None, output: str = 'counts') -> Callable:
-  """pmap'd (variables, batch) -> (scores, histograms), per episode [devices, per_device, ...]:
-
-  scores, output 'counts': [4] intersection/union counts at the label size
-  (see metrics); 'logit_diff': [h, w] foreground minus background logit at
-  the model's output size, for scoring at the original resolution on the host.
-  histograms: the model's per-episode 'histograms' outputs (e.g. which memory
-  items the episode's images chose), {} when it has none.
-  """
-
-  def step_fn(variables, batch):
-    out = model.apply(variables, batch['support_images'], batch['support_labels'],
-                      batch['query_images'], train=False, transfer=transfer)
-    hists = out.get('histograms', {})
-    if output == 'logit_diff':
-      return out['logits'][..., 1] - out['logits'][..., 0], hists
-    return metrics.episode_counts(out['logits'], batch['query_labels']), hists
-
-  return jax.pmap(step_fn, axis_name=AXIS, devices=devices)
+def make_eval_step(method, model, mode, devices=None, output: str = 'counts') -> Callable:
+  """pmap'd steps.eval_step: (variables, batch) -> (scores, histograms), per episode
+  [devices, per_device, ...]; `mode` is one of method.eval_modes' values."""
+  fn = functools.partial(steps.eval_step, method=method, model=model, mode=mode, output=output)
+  return jax.pmap(fn, axis_name=AXIS, devices=devices)
 
 
 def eval_variables(state: TrainState) -> dict:

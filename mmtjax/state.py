@@ -38,7 +38,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
 
 def trainable_labels(params: Any, config: ml_collections.ConfigDict) -> Any:
   """'frozen' for backbone ('encoder') parameters when the backbone is frozen, else 'train'."""
-  frozen = config.model.freeze_backbone
+  frozen = config.model.get('freeze_backbone', False)
 
   def label(path, _):
     top = getattr(path[0], 'key', None)

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mmtjax import checkpointing, config_lib, eval_lib, parallel
+from mmtjax import checkpointing, config_lib, eval_lib, methods, parallel
 from mmtjax.data import datasets, pipeline, protocols
 from mmtjax.data.episodes import EpisodeSampler
 from mmtjax.errors import DivergedError, Terminated, UserError
@@ -143,12 +143,12 @@ class StopSignal:
 
 def _validate(model, rstate, config, val_split, devices, step_cache: dict) -> float:
   """mIoU on the validation episodes (the model's first eval mode), for the best checkpoint."""
-  mode, transfer = next(iter(eval_lib.eval_modes(config.model.name).items()))
+  mode, kwargs = next(iter(methods.for_config(config).eval_modes.items()))
   report = eval_lib.evaluate_variables(
       model, parallel.eval_variables(rstate), config, val_split, split_name=config.data.val_split,
       protocol=protocols.Protocol('validation', config.eval.val_episodes, config.eval.seed + 1,
                                   config.data.image_size, 'square'),
-      modes={mode: transfer}, devices=devices, step_cache=step_cache)
+      modes={mode: kwargs}, devices=devices, step_cache=step_cache)
   return report['results'][mode]['miou']
 
 
@@ -257,7 +257,7 @@ def _train(config, workdir, *, devices, stop_after_steps) -> TrainResult:
   start = int(state.step)
   _truncate_metrics(workdir, start)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  say(f'model {config.model.name} ({config.model.backbone}, {n_params / 1e6:.2f}M params) | '
+  say(f'model {config.model.name} ({config.model.get("backbone", "-")}, {n_params / 1e6:.2f}M params) | '
       f'{jax.process_count()} process(es) x {n_dev} device(s) x {per_device} episodes | '
       f'{config.data.shot}-shot | train {config.data.train_split} ({len(train_split.classes)} classes)')
 

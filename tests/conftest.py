@@ -61,6 +61,7 @@ def tiny_config(tfds_dir, arg=''):
     config.model.num_meta_classes = 10
   else:
     config.model.embed_dim = 16
+  if 'memory' in config:
     config.memory.num_items = 4
   config.train.batch_size = 4
   config.train.num_steps = 4

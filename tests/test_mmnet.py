@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmtjax import losses, ops
+from mmtjax import methods, ops
 from mmtjax.models import get_model, meta_class, mmnet
 from tests.conftest import tiny_config
 
@@ -209,7 +209,7 @@ def test_one_training_step_has_a_finite_loss(shot):
   def loss_fn(params):
     out, _ = model.apply({**variables, 'params': params}, support, labels, query, train=True,
                          rngs={'dropout': jax.random.PRNGKey(1)}, mutable=['batch_stats'])
-    return losses.total_loss(out, query_labels, dict(config.loss))
+    return methods.for_config(config).loss(out, query_labels, dict(config.loss), None)
 
   (loss, terms), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables['params'])
   assert np.isfinite(loss) and set(terms) == {'main', 'aux', 'recon'}
@@ -234,7 +234,7 @@ def test_an_all_background_shot_is_finite_and_down_weighted():
   def loss_fn(params):
     o, _ = model.apply({**variables, 'params': params}, support, labels, query, train=True,
                        rngs={'dropout': jax.random.PRNGKey(1)}, mutable=['batch_stats'])
-    return losses.total_loss(o, query_labels, dict(config.loss))[0]
+    return methods.for_config(config).loss(o, query_labels, dict(config.loss), None)[0]
 
   loss, grads = jax.value_and_grad(loss_fn)(variables['params'])
   assert np.isfinite(loss) and all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))

@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 
 from configs import default
+from mmtjax.data.episode_checks import check_inputs
 from mmtjax.models import backbones, get_model
-from mmtjax.models.inputs import check_inputs
 
 
 def _config(model='mmt', shot=1):
   config = default.get_config(f'model={model},shot={shot}')
   config.data.image_size = 32
   config.model.embed_dim = 8
-  config.memory.num_items = 4
+  if 'memory' in config:  # baseline has no memory
+    config.memory.num_items = 4
   return config
 
 

@@ -40,7 +40,8 @@ def _one_error_line(result):
 @pytest.mark.parametrize('args,message', [
     (['--config', 'configs/nope.py'], 'no such config file'),
     (['--config', 'configs'], 'is a directory'),
-    (['--config', 'configs/default.py', '--config.train.no_such_field=1'], "'no_such_field'"),
+    (['--config', 'configs/default.py', '--config.train.no_such_field=1'],
+     "unknown config field 'train.no_such_field'"),
     (['--config', 'configs/default.py', '--config.train.log_every=0'], 'train.log_every must be >= 1'),
     (['--config', 'configs/default.py', '--config.train.lr=-1'], 'train.lr must be a finite number > 0'),
     (['--config', 'configs/default.py', '--config.eval.num_episodes=0'], 'eval.num_episodes must be >= 1'),

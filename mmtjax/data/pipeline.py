@@ -17,12 +17,17 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from mmtjax.data import transforms
+from mmtjax.data.episode_checks import check_inputs
 from mmtjax.data.episodes import Episode, EpisodeSampler
 from mmtjax.errors import UserError
-from mmtjax.models.inputs import check_inputs
 
 AUGMENTS = ('none', 'flip', 'mmnet')
 RESIZES = ('square', 'longer_side_pad')
+
+
+# data.augment values whose transform also brings the image to the episode size
+# (PFENet / MM-Net: scale, rotate, blur, flip, crop with padding).
+_SIZING_AUGMENTS = {'mmnet': transforms.augment_mmnet}
 
 
 class EpisodeLoader:
@@ -59,8 +64,8 @@ class EpisodeLoader:
     label = transforms.decode_image(record['label'], f'label of example {index}')
     mask = transforms.class_mask(label, 1 if record.get('binary', False) else class_id)
     size, original = self.image_size, None
-    if self.augment == 'mmnet':
-      image, mask = transforms.augment_mmnet(image, mask, rng, size)
+    if self.augment in _SIZING_AUGMENTS:  # Augmentations that crop to the size themselves.
+      image, mask = _SIZING_AUGMENTS[self.augment](image, mask, rng, size)
     elif self.resize == 'longer_side_pad':
       original = mask
       image, mask = transforms.pad_to(*transforms.resize_longer_side(image, mask, size), size)

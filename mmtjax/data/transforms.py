@@ -15,11 +15,18 @@ import numpy as np
 from PIL import Image
 
 from mmtjax.errors import UserError
+from mmtjax.labels import IGNORE_LABEL
 
-IGNORE_LABEL = 255
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 MEAN_PIXEL = tuple(int(round(255 * m)) for m in IMAGENET_MEAN)  # PFENet pads crops with it.
+
+
+def encode_png(array: np.ndarray) -> bytes:
+  """PNG bytes of a uint8 image [H, W(, C)] (how builders store images and label maps)."""
+  buf = io.BytesIO()
+  Image.fromarray(array).save(buf, format='PNG')
+  return buf.getvalue()
 
 
 def decode_image(data: bytes, what: str) -> np.ndarray:

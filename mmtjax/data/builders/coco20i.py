@@ -24,6 +24,7 @@ import os
 import numpy as np
 
 from mmtjax.data.builders import raw
+from mmtjax.labels import IGNORE_LABEL
 
 CLASS_NAMES = (
     'person', 'bicycle', 'car', 'motorcycle', 'airplane', 'bus', 'train', 'truck', 'boat',
@@ -77,7 +78,7 @@ class Coco20i(raw.RawBuilder):
         else:
           rle = seg
         m = mask_utils.decode(rle).astype(bool)
-        label[m] = raw.IGNORE if ann.get('iscrowd', 0) else class_of[ann['category_id']]
+        label[m] = IGNORE_LABEL if ann.get('iscrowd', 0) else class_of[ann['category_id']]
       return label
 
     for image_id in sorted(coco.getImgIds()):

@@ -21,13 +21,15 @@ import os
 
 import numpy as np
 
+from mmtjax.data import transforms
 from mmtjax.data.builders import raw
 from mmtjax.errors import UserError
+from mmtjax.labels import IGNORE_LABEL
 
 CLASS_NAMES = ('urban', 'agriculture', 'rangeland', 'forest', 'water', 'barren')
 # (R, G, B) after thresholding -> class id; (0, 0, 0) is unknown.
 COLOURS = {(0, 1, 1): 1, (1, 1, 0): 2, (1, 0, 1): 3, (0, 1, 0): 4, (0, 0, 1): 5, (1, 1, 1): 6,
-           (0, 0, 0): raw.IGNORE}
+           (0, 0, 0): IGNORE_LABEL}
 GRID = 6
 TILE = 408
 MIN_REGION = 0.048
@@ -36,7 +38,7 @@ MIN_REGION = 0.048
 def colour_classes(mask_rgb: np.ndarray) -> np.ndarray:
   """[H, W, 3] colour mask -> [H, W] class ids (255 unknown)."""
   codes = {r * 4 + g * 2 + b: c for (r, g, b), c in COLOURS.items()}
-  return raw.colour_classes(mask_rgb, codes, raw.IGNORE)
+  return raw.colour_classes(mask_rgb, codes, IGNORE_LABEL)
 
 
 def keep_tile(label: np.ndarray) -> bool:
@@ -78,5 +80,5 @@ class Deepglobe(raw.RawBuilder):
     if image.shape[:2] != label.shape or min(label.shape) < GRID * TILE:
       raise UserError(f'{image_path}: expected a {GRID * TILE}^2 image and mask, got '
                        f'{image.shape[:2]} and {label.shape}')
-    return [raw.Example(f'{key}_{r}_{c}', raw.encode_png(np.ascontiguousarray(im[..., :3])), lab)
+    return [raw.Example(f'{key}_{r}_{c}', transforms.encode_png(np.ascontiguousarray(im[..., :3])), lab)
             for r, c, im, lab in tiles(image, label) if keep_tile(lab)]

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import io
 import multiprocessing
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
-from mmtjax.data import synthetic
+from mmtjax.data import synthetic, transforms
 from mmtjax.data.builders import construction
 
 
@@ -27,17 +25,12 @@ class ShapesConfig(tfds.core.BuilderConfig):
   seed: int = 0
 
 
-def encode_png(array: np.ndarray) -> bytes:
-  buf = io.BytesIO()
-  Image.fromarray(array).save(buf, format='PNG')
-  return buf.getvalue()
-
 
 def _make(args):
   split, index, seed, size = args
   image, label = synthetic.generate_example(split, index, seed=seed, size=size)
   classes, counts = np.unique(label[(label != 0) & (label != 255)], return_counts=True)
-  return index, {'image': encode_png(image), 'label': encode_png(label),
+  return index, {'image': transforms.encode_png(image), 'label': transforms.encode_png(label),
                  'classes': classes.astype(np.int32), 'areas': counts.astype(np.int32)}
 
 

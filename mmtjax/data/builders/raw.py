@@ -15,7 +15,6 @@ read back through `builder.as_data_source(split)`.
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import json
 import logging
 import os
@@ -24,22 +23,15 @@ from typing import NamedTuple
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from mmtjax.data import transforms
 from mmtjax.errors import UserError
-
-IGNORE = 255
+from mmtjax.labels import IGNORE_LABEL
 
 
 class RawDataError(UserError):
   """The manual directory is missing, incomplete or not what the builder expects."""
 
-
-def encode_png(array: np.ndarray) -> bytes:
-  buf = io.BytesIO()
-  Image.fromarray(array).save(buf, format='PNG')
-  return buf.getvalue()
 
 
 def read_image(path: str) -> np.ndarray:
@@ -189,13 +181,13 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
             area = int(np.sum(ex.label == 1))
             classes, areas = ([ex.class_id], [area]) if area else ([], [])
           else:
-            ids, counts = np.unique(ex.label[(ex.label != 0) & (ex.label != IGNORE)], return_counts=True)
+            ids, counts = np.unique(ex.label[(ex.label != 0) & (ex.label != IGNORE_LABEL)], return_counts=True)
             classes, areas = ids.tolist(), counts.tolist()
           if not classes:
             report['dropped_empty'] += 1
             continue
           report['built'] += 1
-          yield ex.key, {'image': ex.image, 'label': encode_png(ex.label.astype(np.uint8)),
+          yield ex.key, {'image': ex.image, 'label': transforms.encode_png(ex.label.astype(np.uint8)),
                          'classes': np.asarray(classes, np.int32), 'areas': np.asarray(areas, np.int32),
                          'binary': ex.binary, 'name': item.name}
 

@@ -1,0 +1,72 @@
+"""MM-Net, meta-class memory (ICCV 2021), as a method."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+from mmtjax import losses
+from mmtjax.methods.base import Method
+from mmtjax.methods.mmt import _dtype
+from mmtjax.models.mmnet import MMNet
+
+
+class MMNetMethod(Method):
+  """Frozen backbone, meta-class memory, PFENet prior and FEM head; L = CE_main +
+  w_aux mean_bins CE_aux + w_recon L_recon. One evaluation row (the meta-class
+  memory is part of the network)."""
+
+  name = 'mmnet'
+  eval_modes = {'mmnet': {}}
+
+  def config(self, variant: str = 'paper') -> dict:
+    model = dict(
+        name=self.name,
+        backbone='resnet50',
+        stem='deep',               # PSPNet stem, as PFENet / MM-Net
+        output_stride=8,
+        backbone_bn='batch',       # the official frozen backbone's BatchNorm runs in train mode
+        freeze_backbone=True,
+        # PSPNet deep-stem ResNet-50 .pth (PFENet's initmodel/resnet50_v2.pth), read without PyTorch.
+        pretrained=config_dict.placeholder(str),
+        reduce_dim=256,
+        num_meta_classes=50,
+        meta_init_std=1.0,
+        bins=(60, 30, 15, 8),      # at 60 x 60 features; scaled to other sizes
+        bin_reference_size=60,
+        mid_dropout=0.5,
+        head_dropout=0.1,
+        prior_stage='layer4',      # PFENet's prior from frozen layer4 features
+    )
+    if variant == 'cpu':
+      # The tiny backbone (no pretrained weights, so it trains), a narrower head;
+      # the prior from layer3, which trains through the mid-level path.
+      model.update(backbone='resnet_tiny', stem=config_dict.placeholder(str), freeze_backbone=False,
+                   reduce_dim=64, prior_stage='layer3')
+    return {'model': model, 'loss': dict(aux=1.0, recon=0.1)}
+
+  def validate(self, config: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
+    m = config.model
+    return [
+        (all(b >= 1 for b in m.bins), 'model.bins must be positive'),
+        (m.num_meta_classes >= 1, 'model.num_meta_classes must be >= 1'),
+        ({'aux', 'recon'} <= set(config.loss), 'loss needs the fields aux and recon for mmnet'),
+    ]
+
+  def build(self, config: ml_collections.ConfigDict, axis_name: str | None = None) -> MMNet:
+    m = config.model
+    return MMNet(backbone=m.backbone, stem=m.stem, output_stride=m.output_stride, backbone_bn=m.backbone_bn,
+                 axis_name=axis_name, dtype=_dtype(config), reduce_dim=m.reduce_dim,
+                 num_meta_classes=m.num_meta_classes, meta_init_std=m.meta_init_std, bins=tuple(m.bins),
+                 bin_reference_size=m.bin_reference_size, mid_dropout=m.mid_dropout,
+                 head_dropout=m.head_dropout, prior_stage=m.prior_stage)
+
+  def loss(self, outputs: Mapping[str, Any], query_labels, weights, axis_name):
+    del axis_name
+    aux = [losses.pixel_cross_entropy(a, query_labels) for a in outputs['aux_logits']]
+    terms = {'main': losses.pixel_cross_entropy(outputs['logits'], query_labels),
+             'aux': sum(aux) / len(aux), 'recon': outputs['recon_loss']}
+    return terms['main'] + weights['aux'] * terms['aux'] + weights['recon'] * terms['recon'], terms
