@@ -10,8 +10,8 @@ CPU-sized MM-Net on the same data and schedule), `:fold=0` (in-domain: train
 on 15 source classes, test on the fold's 5 novel source classes), and any
 field with `--config.train.num_steps=100`.
 
-Measured on a 2-core CPU (README, Quickstart): target 1-shot mIoU 33.13 with
-the memory transfer on, 26.36 off (300 episodes, training seed 0);
+Measured on a 2-core CPU (README, Quickstart): target 1-shot mIoU 31.63 with
+the memory transfer on, 25.19 off (300 episodes, training seed 0);
 `:model=baseline` reaches 21.78. Over seeds 0-2: README, "MMT's style memory".
 """
 
