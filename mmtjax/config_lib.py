@@ -27,7 +27,8 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(out)
 
 
-def _number(x) -> bool:
+def finite_number(x) -> bool:
+  """A real number (not bool), finite."""
   return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
@@ -45,12 +46,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
       (t.batch_size >= 1, 'train.batch_size must be >= 1'),
       (t.num_steps >= 1 or t.get('epochs', 0) > 0, 'train.num_steps must be >= 1 (or set train.epochs)'),
       (t.get('epochs', 0) >= 0, 'train.epochs must be >= 0'),
-      (_number(t.lr) and t.lr > 0, f'train.lr must be a finite number > 0, got {t.lr}'),
-      (_number(t.weight_decay) and t.weight_decay >= 0, 'train.weight_decay must be a finite number >= 0'),
-      (_number(t.momentum) and 0 <= t.momentum < 1, 'train.momentum must be in [0, 1)'),
-      (_number(t.poly_power) and t.poly_power >= 0, 'train.poly_power must be >= 0'),
+      (finite_number(t.lr) and t.lr > 0, f'train.lr must be a finite number > 0, got {t.lr}'),
+      (finite_number(t.weight_decay) and t.weight_decay >= 0, 'train.weight_decay must be a finite number >= 0'),
+      (finite_number(t.momentum) and 0 <= t.momentum < 1, 'train.momentum must be in [0, 1)'),
+      (finite_number(t.poly_power) and t.poly_power >= 0, 'train.poly_power must be >= 0'),
       (t.warmup_steps >= 0, 'train.warmup_steps must be >= 0'),
-      (_number(t.grad_clip) and t.grad_clip >= 0, 'train.grad_clip must be >= 0 (0: off)'),
+      (finite_number(t.grad_clip) and t.grad_clip >= 0, 'train.grad_clip must be >= 0 (0: off)'),
       (t.log_every >= 1, 'train.log_every must be >= 1'),
       (t.checkpoint_every >= 1, 'train.checkpoint_every must be >= 1'),
       (t.max_to_keep >= 1, 'train.max_to_keep must be >= 1'),
@@ -69,7 +70,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       (d.get('protocol', 'custom') in protocols.PROTOCOLS, f'data.protocol must be one of {protocols.PROTOCOLS}'),
   ]
   checks += methods.for_config(config).validate(config)
-  checks += [(_number(w) and w >= 0, f'loss.{k} must be a finite number >= 0') for k, w in config.loss.items()]
+  checks += [(finite_number(w) and w >= 0, f'loss.{k} must be a finite number >= 0') for k, w in config.loss.items()]
   for ok, message in checks:
     if not ok:
       raise UserError(f'invalid config: {message}')

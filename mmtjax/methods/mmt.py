@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
-from mmtjax import losses
+from mmtjax import config_lib, losses
 from mmtjax.methods.base import Method
 from mmtjax.models import backbones, style_memory
 from mmtjax.models.mmt import MMT
@@ -71,15 +71,15 @@ class MMTMethod(Method):
       mem = config.memory
       checks += [
           (isinstance(mem.num_items, int) and mem.num_items >= 1, 'memory.num_items must be an integer >= 1'),
-          (_number(mem.momentum) and 0.0 <= mem.momentum < 1.0, 'memory.momentum must be in [0, 1)'),
-          (_number(mem.alpha) and 0.0 <= mem.alpha <= 1.0, 'memory.alpha must be in [0, 1]'),
-          (_number(mem.tau) and mem.tau > 0, 'memory.tau must be > 0'),
-          (_number(mem.eps) and mem.eps > 0, 'memory.eps must be > 0'),
+          (config_lib.finite_number(mem.momentum) and 0.0 <= mem.momentum < 1.0, 'memory.momentum must be in [0, 1)'),
+          (config_lib.finite_number(mem.alpha) and 0.0 <= mem.alpha <= 1.0, 'memory.alpha must be in [0, 1]'),
+          (config_lib.finite_number(mem.tau) and mem.tau > 0, 'memory.tau must be > 0'),
+          (config_lib.finite_number(mem.eps) and mem.eps > 0, 'memory.eps must be > 0'),
           (mem.get('similarity', 'centered_cosine') in style_memory.SIMILARITIES,
            f'memory.similarity must be one of {style_memory.SIMILARITIES}'),
           (mem.get('assignment', 'batch') in style_memory.ASSIGNMENTS,
            f'memory.assignment must be one of {style_memory.ASSIGNMENTS}'),
-          (_number(mem.get('reseed_threshold', 0.0)) and 0 <= mem.get('reseed_threshold', 0.0) < 1,
+          (config_lib.finite_number(mem.get('reseed_threshold', 0.0)) and 0 <= mem.get('reseed_threshold', 0.0) < 1,
            'memory.reseed_threshold must be in [0, 1) (0: off)'),
       ]
     return checks
@@ -106,11 +106,6 @@ class MMTMethod(Method):
                                         losses.gather_batch(outputs['proto_enh'], axis_name)),
     }
     return terms['pro'] + weights['orth'] * terms['orth'] + weights['cont'] * terms['cont'], terms
-
-
-def _number(x) -> bool:
-  import math
-  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _dtype(config):

@@ -296,11 +296,8 @@ class StyleMemory(nn.Module):
     cm, cs = ((fixed['center_mean'], fixed['center_std']) if self.similarity == 'centered_cosine'
               else (None, None))
     orth = orthogonality_loss(bank_grad['means'], bank_grad['stds'], cm, cs)
-    scores = item_scores(fixed['means'], fixed['stds'], mu, std, cm, cs)
-    item = jnp.argmin(scores, axis=1) if domain == 'source' else jnp.argmax(scores, axis=1)
-    if domain not in ('source', 'target'):
-      raise ValueError(f"domain must be 'source' or 'target', got {domain!r}")
+    item = select_items(fixed['means'], fixed['stds'], mu, std, domain, cm, cs)
+    nearest = select_items(fixed['means'], fixed['stds'], mu, std, 'target', cm, cs)
     out = restyle(feats32, mu, std, fixed['means'][item], fixed['stds'][item], self.alpha)
-    return out.astype(feats.dtype), {'orth_loss': orth, 'item': item,
-                                     'nearest': jnp.argmax(scores, axis=1),
+    return out.astype(feats.dtype), {'orth_loss': orth, 'item': item, 'nearest': nearest,
                                      'diversity': diversity(fixed['means'])}
