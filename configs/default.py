@@ -8,7 +8,12 @@ Trains on all 20 source classes of `mmtjax_shapes` and tests 1-shot on the
 Variants: `configs/default.py:shot=5`, `:model=baseline`, `:model=mmnet` (a
 CPU-sized MM-Net on the same data and schedule), `:fold=0` (in-domain: train
 on 15 source classes, test on the fold's 5 novel source classes), and any
-field with `--config.train.num_steps=100`.
+field with `--config.train.num_steps=100`. `:dataset=NAME` trains and tests
+on another dataset with its own splits and test protocol (pascal5i, coco20i,
+fss1000, or `folder`, your own images: README, "Use your own data"), e.g.
+`configs/default.py:dataset=folder --config.data.manual_dir=~/my_data`. The
+cross-domain benchmark (train on PASCAL, test on Deepglobe, ISIC, Chest
+X-ray or FSS-1000) is configs/patnet.py.
 
 Measured on a 2-core CPU (README, Quickstart): target 1-shot mIoU 31.63 with
 the memory transfer on, 25.19 off (300 episodes, training seed 0);
@@ -22,7 +27,7 @@ from mmtjax import config_lib, methods
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = config_lib.parse_arg(arg, shot=1, fold=-1, model='mmt')
+  arg = config_lib.parse_arg(arg, shot=1, fold=-1, model='mmt', dataset='mmtjax_shapes')
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.compute_dtype = 'float32'
@@ -34,25 +39,39 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return _shared(config, arg)
 
 
-def _shared(config: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict:
-  config.data = dict(
-      dataset='mmtjax_shapes',
-      builder_config='default',
+def data_section(dataset: str, shot: int, fold: int, **fields) -> ml_collections.ConfigDict:
+  """config.data for `dataset`; split and protocol fields left None take the dataset's own
+  (mmtjax.data.datasets.defaults), the test ones from test_dataset when one is set."""
+  data = dict(
+      dataset=dataset,
       data_dir=config_dict.placeholder(str),  # tfds data dir; None: $TFDS_DATA_DIR or ~/tensorflow_datasets
-      manual_dir=config_dict.placeholder(str),  # raw files of the real datasets (README: Datasets)
+      manual_dir=config_dict.placeholder(str),  # raw files of a real dataset (README: Datasets)
+      # Cross-domain: test on another dataset than the one trained on, read from its own raw files.
+      test_dataset=config_dict.placeholder(str),
+      test_manual_dir=config_dict.placeholder(str),
+      class_list=config_dict.placeholder(str),  # ISIC: PATNet's class_id.csv, when not in manual_dir
       image_size=64,
-      shot=arg.shot,
-      fold=arg.fold,
-      train_split='source_train',
-      test_split='target_test' if arg.fold < 0 else 'source_test',
+      shot=shot,
+      fold=fold,
+      train_split=config_dict.placeholder(str),
       # Validation for the best checkpoint: held-out source images (never the
       # target domain); with a fold, its novel classes.
-      val_split='source_test',
+      val_split=config_dict.placeholder(str),
+      test_split=config_dict.placeholder(str),
       min_pixels=48,              # PFENet's rule is 2*32*32 at 473 px; scaled to 96 px images
       augment='flip',             # 'none', 'flip' or 'mmnet' (PFENet/MM-Net augmentation)
-      protocol='custom',          # test episodes: 'custom' (eval.*), 'hsnet' or 'pfenet'
+      protocol=config_dict.placeholder(str),  # test episodes: 'custom' (eval.*), 'hsnet' or 'pfenet'
       num_workers=4,
   )
+  if dataset == 'mmtjax_shapes':
+    data.update(builder_config='default', train_split='source_train', val_split='source_test',
+                test_split='target_test' if fold < 0 else 'source_test', protocol='custom')
+  data.update(fields)
+  return ml_collections.ConfigDict(data)
+
+
+def _shared(config: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict:
+  config.data = data_section(arg.dataset, arg.shot, arg.fold)
   config.train = dict(
       num_steps=2000,
       epochs=0,                   # > 0: num_steps = epochs x (training images // batch_size)

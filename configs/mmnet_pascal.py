@@ -14,7 +14,6 @@ four folds.
 """
 
 import ml_collections
-from ml_collections import config_dict
 
 from configs import default
 from mmtjax import config_lib, methods
@@ -25,13 +24,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = default.get_config(f'model=mmnet,shot={arg.shot},fold={arg.fold}')
   for section, fields in methods.get('mmnet').config('paper').items():  # The paper's model and loss.
     config[section] = fields
-  config.data = dict(
-      dataset='pascal5i',
-      data_dir=config_dict.placeholder(str),     # tfds data dir
-      manual_dir=config_dict.placeholder(str),   # raw VOC2012 + SegmentationClassAug, see README
+  config.data = default.data_section(
+      'pascal5i', arg.shot, arg.fold,  # manual_dir: VOC2012 + SegmentationClassAug (README: Datasets)
       image_size=473,
-      shot=arg.shot,
-      fold=arg.fold,
       train_split='train',
       test_split='val',
       val_split='val',

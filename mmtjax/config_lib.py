@@ -67,7 +67,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   methods.for_config(config)  # An unknown model name: one line naming the known ones.
   checks += [
       (d.augment in pipeline.AUGMENTS, f'data.augment must be one of {pipeline.AUGMENTS}'),
-      (d.get('protocol', 'custom') in protocols.PROTOCOLS, f'data.protocol must be one of {protocols.PROTOCOLS}'),
+      (d.get('protocol') in (None, *protocols.PROTOCOLS),
+       f'data.protocol must be one of {protocols.PROTOCOLS} (or unset: the test dataset\'s own)'),
   ]
   checks += methods.for_config(config).validate(config)
   checks += [(finite_number(w) and w >= 0, f'loss.{k} must be a finite number >= 0') for k, w in config.loss.items()]

@@ -33,7 +33,7 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
   module's test-time keyword arguments).
   """
   e = config.eval
-  protocol = protocol or protocols.test_protocol(config.data, e)
+  protocol = protocol or protocols.test_protocol(datasets.test_data(config.data), e)
   n_dev = len(devices) if devices else jax.local_device_count()
   per_device = max(1, -(-e.batch_size // n_dev))
   sampler = EpisodeSampler(split.index, split.classes, config.data.shot, seed=protocol.seed)
@@ -81,7 +81,8 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
     for key, total in totals.items():  # e.g. how many target images chose each memory item
       total = metrics.merge_process_sums(np.asarray(total, np.int64))
       results[name][key] = [int(v) for v in total]
-  return {'split': split_name or config.data.test_split, 'shot': config.data.shot,
+  dataset = config.data.dataset if split_name else datasets.test_data(config.data).dataset
+  return {'dataset': dataset, 'split': split_name or config.data.test_split, 'shot': config.data.shot,
           'protocol': protocol.name, 'num_episodes': len(episodes),
           'seconds': round(time.time() - start, 2), 'results': results}
 
@@ -145,9 +146,10 @@ def format_report(report: dict) -> str:
 
 def report_name(report: dict, kind: str, ext: str = 'json') -> str:
   """A file name holding everything that tells two evaluations of one run apart:
-  checkpoint kind, step, split, shot count and protocol."""
-  return (f"eval_{kind}_step{report['step']}_{report['split']}_{report['shot']}shot_"
-          f"{report['protocol']}.{ext}")
+  checkpoint kind, step, dataset (when not the embedded one), split, shot count and protocol."""
+  dataset = report.get('dataset', 'mmtjax_shapes')
+  where = report['split'] if dataset == 'mmtjax_shapes' else f"{dataset}-{report['split']}"
+  return f"eval_{kind}_step{report['step']}_{where}_{report['shot']}shot_{report['protocol']}.{ext}"
 
 
 def unused_path(path: str) -> str:
@@ -214,6 +216,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | Non
              output: str | None = None, best: bool = False) -> dict:
   """Restores a checkpoint of `workdir` (latest, `step`, or the best-by-validation one) and
   evaluates it on the config's test episodes."""
+  datasets.resolve(config, training=False)
   config_lib.validate(config)
   subdir = checkpointing.BEST_SUBDIR if best else checkpointing.SUBDIR
   ckpt_dir = os.path.join(workdir, subdir)
@@ -222,7 +225,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | Non
   model = get_model(config, axis_name=parallel.AXIS)
   template, _ = create_train_state(model, config)
   step, state = _restore_for_eval(workdir, subdir, step, config, jax.device_get(template))
-  split = datasets.load_split(config.data, config.data.test_split, training=False)
+  split = datasets.load_split(datasets.test_data(config.data), config.data.test_split, training=False)
   logging.info('evaluating step %d on %s', step, config.data.test_split)
   report = evaluate_variables(model, parallel.replicate(parallel.eval_variables(state)), config, split)
   report['step'] = step

@@ -201,6 +201,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
 
 
 def _check_args(config, workdir: str, stop_after_steps: int | None) -> None:
+  datasets.resolve(config, training=True)
   config_lib.validate(config)
   if stop_after_steps is not None and stop_after_steps < 1:
     raise UserError(f'--stop_after_steps must be >= 1, got {stop_after_steps}')
@@ -344,8 +345,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
 
 
 def _final_evaluation(model, rstate, config, workdir: str, num_steps: int, devices) -> dict:
-  test_split = datasets.load_split(config.data, config.data.test_split, training=False)
-  say(f'testing on {config.data.test_split} ({len(test_split.classes)} classes)')
+  test_data = datasets.test_data(config.data)
+  test_split = datasets.load_split(test_data, config.data.test_split, training=False)
+  say(f'testing on {test_data.dataset}/{config.data.test_split} ({len(test_split.classes)} classes)')
   report = eval_lib.evaluate_variables(model, parallel.eval_variables(rstate), config, test_split,
                                        devices=devices)
   report['step'] = num_steps

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 import jax
@@ -18,6 +19,7 @@ from mmtjax.data.builders import (
   construction,
   deepglobe,
   embedded,
+  folder,
   fss1000,
   isic2018,
   pascal5i,
@@ -28,8 +30,63 @@ from mmtjax.errors import UserError
 
 RAW_BUILDERS = {cls.name: cls for cls in (pascal5i.Pascal5i, coco20i.Coco20i, fss1000.Fss1000,
                                           deepglobe.Deepglobe, isic2018.Isic2018,
-                                          chest_xray.ChestXray, suim.Suim)}
+                                          chest_xray.ChestXray, suim.Suim, folder.Folder)}
 DATASETS = ('mmtjax_shapes', *RAW_BUILDERS)
+DATA_FIELDS = ('train_split', 'val_split', 'test_split', 'protocol')
+
+
+def defaults(dataset: str, fold: int = -1) -> dict:
+  """A dataset's own splits and test protocol: what a config gets for the fields it leaves None.
+  train_split None marks a test-only (target) dataset."""
+  if dataset == 'mmtjax_shapes':
+    return dict(train_split='source_train', val_split='source_test',
+                test_split='target_test' if fold < 0 else 'source_test', protocol='custom')
+  if dataset not in RAW_BUILDERS:
+    raise UserError(f'unknown dataset {dataset!r}; available: {list(DATASETS)}')
+  return dict(RAW_BUILDERS[dataset].DEFAULTS)
+
+
+def _known_splits(dataset: str) -> tuple[str, ...]:
+  if dataset == 'mmtjax_shapes':
+    return tuple(synthetic.SPLITS)
+  if dataset == 'folder':
+    return (*folder.SPLIT_FOLDERS, folder.ALL)
+  return RAW_BUILDERS[dataset].SPLITS
+
+
+def test_data(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The data section as the test split sees it: data.test_dataset (default: data.dataset), read
+  from data.test_manual_dir (default: data.manual_dir)."""
+  out = ml_collections.ConfigDict(data.to_dict())
+  if data.get('test_dataset'):
+    out.dataset = data.test_dataset
+    out.manual_dir = data.get('test_manual_dir') or data.get('manual_dir')
+  return out
+
+
+def resolve(config: ml_collections.ConfigDict, *, training: bool) -> ml_collections.ConfigDict:
+  """Fills the data fields a config leaves None (splits, protocol) from the datasets' defaults:
+  train/val splits from data.dataset, the test split and protocol from the test dataset.
+  Training on a test-only dataset is one line saying how to use it as a target."""
+  d = config.data
+  for name in (d.dataset, d.get('test_dataset') or d.dataset):
+    if name not in DATASETS:
+      raise UserError(f'unknown dataset {name!r}; available: {list(DATASETS)}')
+  source, target = defaults(d.dataset, d.fold), defaults(test_data(d).dataset, d.fold)
+  target_name = test_data(d).dataset
+  if target_name != d.dataset and d.get('test_split') is not None and d.test_split not in _known_splits(target_name):
+    logging.info('data.test_split %r is not a split of %s: using its own, %r', d.test_split, target_name,
+                 target['test_split'])
+    d.test_split = None  # A source dataset's test split (e.g. the default config's), not the target's.
+  for field in DATA_FIELDS:
+    if d.get(field) is None:
+      d[field] = (target if field in ('test_split', 'protocol') else source)[field]
+  if training and d.train_split is None:
+    raise UserError(f'{d.dataset} is a test-only (target) dataset: train on a source dataset and test on it '
+                    f'with --config.data.test_dataset={d.dataset} (e.g. configs/patnet.py:target={d.dataset})')
+  if d.val_split is None:
+    d.val_split = d.train_split
+  return config
 
 
 @dataclasses.dataclass
@@ -47,11 +104,20 @@ def _embedded_classes(data: ml_collections.ConfigDict, split: str, training: boo
   return tuple(c for c in domain_classes if (c not in novel) == training)
 
 
-def load_raw_builder(name: str, data_dir: str | None, manual_dir: str | None) -> raw.RawBuilder:
-  """A raw-data builder, built from `manual_dir` on first use (then read from data_dir)."""
-  builder = construction.new_builder(RAW_BUILDERS[name], data_dir=data_dir, file_format='array_record')
+def load_raw_builder(name: str, data_dir: str | None, manual_dir: str | None,
+                     class_list: str | None = None) -> raw.RawBuilder:
+  """A raw-data builder, built from `manual_dir` on first use (then read from data_dir).
+  `class_list`: ISIC's class_id.csv (PATNet's labels), used when building."""
+  kwargs = dict(data_dir=data_dir, file_format='array_record')
+  if name == 'folder':  # Each of a user's folders is its own dataset.
+    if not manual_dir:
+      raise UserError('dataset folder: data.manual_dir must name your data folder (README: "Use your own data")')
+    kwargs['config'] = tfds.core.BuilderConfig(name=folder.config_name(manual_dir))
+  builder = construction.new_builder(RAW_BUILDERS[name], **kwargs)
+  builder.class_list = class_list
   if not builder.is_prepared():
-    manual_dir = builder.check_manual_dir(manual_dir)
+    builder.find_root(manual_dir)  # Before any work: one line when the files are not there.
+    manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     raw.write_report(builder)
   return builder
@@ -106,6 +172,22 @@ class ReadChecked:
     return getattr(self._source, name)
 
 
+def _built_split(builder: raw.RawBuilder, split: str) -> str:
+  """`split` if the built dataset has it, else one line: why it is absent (it came out empty, or
+  the dataset has other splits). A folder dataset without split folders reads 'all' for any name."""
+  built = list(builder.info.splits.keys())
+  if split in built:
+    return split
+  if builder.name == 'folder' and built == [folder.ALL] and split in folder.SPLIT_FOLDERS:
+    return folder.ALL
+  empty = dict(builder.info.metadata.get('empty_splits') or {})
+  if split in empty:
+    raise UserError(f'split {split!r} of {builder.name} is empty: {empty[split]} (build report: '
+                    f'{os.path.join(os.fspath(builder.data_dir), "build_report.json")})')
+  raise UserError(f'unknown split {split!r} of {builder.name}; it has {built} (leave data.*_split unset to '
+                  f'use its own)')
+
+
 def load_split(data: ml_collections.ConfigDict, split: str, *, training: bool) -> SplitData:
   """The split's source, class index and the classes its episodes use.
 
@@ -124,9 +206,8 @@ def load_split(data: ml_collections.ConfigDict, split: str, *, training: bool) -
                                                                 data.data_dir))
   else:
     builder = _process_zero_first(lambda: load_raw_builder(data.dataset, data.data_dir,
-                                                           data.get('manual_dir')))
-    if split not in builder.SPLITS:
-      raise UserError(f'unknown split {split!r} of {data.dataset}; choose from {list(builder.SPLITS)}')
+                                                           data.get('manual_dir'), data.get('class_list')))
+    split = _built_split(builder, split)
   source = open_source(builder, split)
   index = _process_zero_first(lambda: episodes.cached_class_index(
       source, os.fspath(builder.data_dir), split, data.min_pixels))

@@ -39,7 +39,7 @@ PROTOCOLS = ('hsnet', 'pfenet', 'custom')
 
 def test_protocol(data: ml_collections.ConfigDict, eval_cfg: ml_collections.ConfigDict) -> Protocol:
   """The protocol of config.data.protocol for config.data.dataset."""
-  name, dataset = data.get('protocol', 'custom'), data.dataset
+  name, dataset = data.get('protocol') or 'custom', data.dataset
   if name == 'custom':
     return Protocol('custom', eval_cfg.num_episodes, eval_cfg.seed, data.image_size, 'square')
   if name == 'hsnet':

@@ -1,13 +1,22 @@
 """Chest X-ray lung masks (Shenzhen and Montgomery sets), one class, as in PATNet.
 
-Raw data (manual_dir), the Kaggle "Chest X-ray masks and labels" layout:
-  <manual_dir>/CXR_png/<name>.png
-  <manual_dir>/masks/<name>_mask.png   (Shenzhen)   or   <manual_dir>/masks/<name>.png
-Download: https://www.kaggle.com/datasets/nikhilpandey360/chest-xray-masks-and-labels
+Real layout: the Kaggle dataset "Chest X-ray masks and labels"
+(https://www.kaggle.com/datasets/nikhilpandey360/chest-xray-masks-and-labels,
+the link in PATNet's README) unpacks to a folder "Lung Segmentation" (PATNet's
+data/lung.py reads it renamed to LungSegmentation):
+  Lung Segmentation/CXR_png/CHNCXR_0001_0.png      Shenzhen X-ray (the last digit: 0 normal, 1 TB)
+  Lung Segmentation/CXR_png/MCUCXR_0001_0.png      Montgomery X-ray
+  Lung Segmentation/masks/CHNCXR_0001_0_mask.png   Shenzhen masks carry a _mask suffix
+  Lung Segmentation/masks/MCUCXR_0001_0.png        Montgomery masks do not
+  Lung Segmentation/test/*.png                     X-rays without masks (not used)
+manual_dir may be "Lung Segmentation" or a folder up to 3 levels above it.
+Masks are binarised as PATNet does (grey, >= 128), any PNG mode decoding
+(raw.binary_mask); the grey X-rays are stored as they are and read as RGB.
 
-Images without a mask are left out (counted in the build report). Masks are
-binarised at 128; the grey X-rays are stored as they are and read as RGB.
-Class 1 = lungs. One split, 'test'.
+Every image with a mask is used. (PATNet's data/lung.py lists the mask folder
+and cuts 9 characters, '_mask.png', off each mask name to find its image, which
+is right only for the Shenzhen names.) Images without a mask are left out and
+counted in the build report. Class 1 = lungs. One split, 'test'.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ class ChestXray(raw.RawBuilder):
 
   DOWNLOAD_PAGE = 'https://www.kaggle.com/datasets/nikhilpandey360/chest-xray-masks-and-labels'
   MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
-  REQUIRED = ('CXR_png', 'masks')
+  LAYOUTS = (('CXR_png', 'masks'),)
   CLASS_NAMES = CLASS_NAMES
 
   def items(self, root, split):

@@ -1,12 +1,15 @@
 """COCO-20i: COCO 2014 instances as per-class masks, in 4 interleaved folds of 20 classes.
 
-Raw data (manual_dir), as extracted from cocodataset.org:
-  <manual_dir>/train2014/COCO_train2014_*.jpg
-  <manual_dir>/val2014/COCO_val2014_*.jpg
-  <manual_dir>/annotations/instances_train2014.json
-  <manual_dir>/annotations/instances_val2014.json
-Download: https://cocodataset.org/#download (2014 Train/Val images, 2014
-Train/Val annotations).
+Real layout: the 2014 archives of https://cocodataset.org/#download unpacked
+into one folder (train2014.zip, val2014.zip, annotations_trainval2014.zip):
+  train2014/COCO_train2014_<12-digit id>.jpg    e.g. COCO_train2014_000000000009.jpg
+  val2014/COCO_val2014_<12-digit id>.jpg
+  annotations/instances_train2014.json          polygons, RLE and crowd RLE
+  annotations/instances_val2014.json
+manual_dir may be that folder or one up to 3 levels above it. (HSNet instead
+reads per-image PNG masks it preprocessed, COCO2014/annotations/<split>2014/
+*.png; those are not a public download, so mmtjax renders the masks from the
+official JSON.)
 
 The 80 categories, in increasing COCO id, become classes 1..80. Polygons and
 RLEs are decoded with pycocotools (the reference implementation; install
@@ -49,9 +52,10 @@ class Coco20i(raw.RawBuilder):
 
   DOWNLOAD_PAGE = 'https://cocodataset.org/#download'
   MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
-  REQUIRED = ('train2014', 'val2014', 'annotations/instances_train2014.json',
-              'annotations/instances_val2014.json')
+  LAYOUTS = (('train2014', 'val2014', 'annotations/instances_train2014.json',
+               'annotations/instances_val2014.json'),)
   SPLITS = ('train', 'val')
+  DEFAULTS = dict(train_split='train', val_split='val', test_split='val', protocol='hsnet')
   CLASS_NAMES = CLASS_NAMES
 
   def items(self, root, split):
@@ -79,7 +83,7 @@ class Coco20i(raw.RawBuilder):
           rle = seg
         m = mask_utils.decode(rle).astype(bool)
         label[m] = IGNORE_LABEL if ann.get('iscrowd', 0) else class_of[ann['category_id']]
-      return label
+      return raw.Mask(label)
 
     for image_id in sorted(coco.getImgIds()):
       info = coco.loadImgs([image_id])[0]

@@ -1,48 +1,105 @@
-"""FSS-1000: 1000 classes of 10 images each, split by class as HSNet (520 / 240 / 240).
+"""FSS-1000: 1000 classes of 10 images each, split by FSS-1000's published class lists.
 
-Raw data (manual_dir), the released archive:
-  <manual_dir>/<class name>/<n>.jpg   and   <manual_dir>/<class name>/<n>.png (mask)
-Download: https://github.com/HKUSTCV/FSS-1000 (fewshot_data.zip).
+Real layout: the released archive fewshot_data.zip (https://github.com/HKUSTCV/FSS-1000,
+the link PATNet's README gives too), as HSNet's and PATNet's data/fss.py read it:
+  fewshot_data/<class name>/<n>.jpg    n = 1..10, the image (JPEG)
+  fewshot_data/<class name>/<n>.png    its mask (PNG, same stem)
+manual_dir may be fewshot_data itself or a folder above it. Masks are binarised
+as HSNet/PATNet do (grey, >= 128 is foreground); any PNG mode decodes
+(raw.binary_mask).
 
-Classes are the folders in sorted order, ids 1..C; the first 52% are 'train',
-the next 24% 'val', the last 24% 'test' (520 / 240 / 240 of 1000, HSNet's
-sizes; test = classes 760-999 counted from 0). Masks are binarised at 128.
+Splits are HSNet's published class lists data/splits/fss/{trn,val,test}.txt
+(520 / 240 / 240 names; the test list is the one HSNet, PATNet and the
+cross-domain papers after them test on), shipped as package data in
+mmtjax/data/splits/fss1000/{train,val,test}.txt. Within a split classes are
+sorted by name; ids are 1-based and continue across the splits as HSNet's
+do (train 1-520, val 521-760, test 761-1000). A listed class whose folder is
+missing from the download is named in the build report.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import os
 
 from mmtjax.data.builders import raw
 
-SPLIT_FRACTIONS = {'train': (0.0, 0.52), 'val': (0.52, 0.76), 'test': (0.76, 1.0)}
+SPLITS = ('train', 'val', 'test')
 
 
-def class_folders(root: str) -> list[str]:
-  return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+@functools.cache
+def published_classes(split: str) -> tuple[str, ...]:
+  """The sorted class names of a published split (package data)."""
+  text = importlib.resources.files('mmtjax.data').joinpath(f'splits/fss1000/{split}.txt').read_text()
+  return tuple(sorted(line.strip() for line in text.splitlines() if line.strip()))
 
 
-def split_range(split: str, num_classes: int) -> range:
-  """0-based class positions of a split."""
-  lo, hi = SPLIT_FRACTIONS[split]
-  return range(round(lo * num_classes), round(hi * num_classes))
+def class_ids(split: str) -> dict[str, int]:
+  """Class name -> 1-based id (train 1-520, val 521-760, test 761-1000)."""
+  offset = sum(len(published_classes(s)) for s in SPLITS[:SPLITS.index(split)])
+  return {name: offset + i + 1 for i, name in enumerate(published_classes(split))}
+
+
+def _is_pair_folder(path: str) -> bool:
+  try:
+    names = set(os.listdir(path))
+  except OSError:
+    return False
+  return any(n.endswith('.jpg') and n[:-4] + '.png' in names for n in names)
 
 
 class Fss1000(raw.RawBuilder):
   """FSS-1000 (see the module docstring for the layout)."""
 
-  DOWNLOAD_PAGE = 'https://github.com/HKUSTCV/FSS-1000'
+  DOWNLOAD_PAGE = 'https://github.com/HKUSTCV/FSS-1000 (fewshot_data.zip)'
   MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
-  SPLITS = ('train', 'val', 'test')
+  SPLITS = SPLITS
+  DEFAULTS = dict(train_split='train', val_split='val', test_split='test', protocol='hsnet')
+
+  def class_names(self, root=None):
+    del root
+    return tuple(n for s in SPLITS for n in published_classes(s))
+
+  def is_root(self, path):
+    """A folder holding a class folder of FSS-1000's lists with an <n>.jpg / <n>.png pair."""
+    known = set(self.class_names())
+    folders = [d for d in raw._subdirs(path) if d in known]
+    return 0 if any(_is_pair_folder(os.path.join(path, d)) for d in folders[:20]) else None
+
+  def find_root(self, manual_dir):
+    try:
+      return super().find_root(manual_dir)
+    except raw.RawDataError as e:
+      if 'no data root' not in str(e):
+        raise
+      raise raw.RawDataError(
+          f'fss1000: no folder at or up to {self.SEARCH_DEPTH} levels below {manual_dir} holds class '
+          f'folders named as in FSS-1000 (e.g. {published_classes("test")[0]}/1.jpg with 1.png); '
+          f'download fewshot_data.zip from {self.DOWNLOAD_PAGE}') from None
 
   def items(self, root, split):
-    folders = class_folders(root)
-    for pos in split_range(split, len(folders)):
-      folder = os.path.join(root, folders[pos])
-      for name in sorted(f for f in os.listdir(folder) if f.endswith('.jpg')):
-        image = os.path.join(folder, name)
-        mask = os.path.splitext(image)[0] + '.png'
-        yield raw.file_item(f'{folders[pos]}/{name}', image, functools.partial(raw.binary_mask, mask),
-                            binary=True, class_id=pos + 1, required=(image, mask),
+    present = set(raw._subdirs(root))
+    ids = class_ids(split)
+    missing = [c for c in ids if c not in present]
+    if missing and len(missing) < len(ids):
+      self.build_report[split]['notes'].append(
+          f'{len(missing)} of the {len(ids)} classes of the published {split!r} list have no folder '
+          f'under {root}: {", ".join(missing[:10])}{" ..." if len(missing) > 10 else ""}')
+    for name, class_id in ids.items():
+      if name not in present:
+        continue
+      folder = os.path.join(root, name)
+      for file in sorted(f for f in os.listdir(folder) if f.endswith('.jpg')):
+        image = os.path.join(folder, file)
+        mask = image[:-4] + '.png'
+        yield raw.file_item(f'{name}/{file[:-4]}', image, functools.partial(raw.binary_mask, mask),
+                            binary=True, class_id=class_id, required=(image, mask),
                             builder=self.name, page=self.DOWNLOAD_PAGE)
+
+  def why_empty(self, root, split):
+    present = raw._subdirs(root)
+    listed = {s: sum(d in class_ids(s) for d in present) for s in SPLITS}
+    return (f'none of the {len(class_ids(split))} classes of FSS-1000\'s published {split!r} list has a '
+            f'folder under {root} (found {len(present)} class folders: '
+            + ', '.join(f'{n} in the {s!r} list' for s, n in listed.items()) + ')')

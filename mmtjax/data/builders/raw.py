@@ -15,6 +15,7 @@ read back through `builder.as_data_source(split)`.
 from __future__ import annotations
 
 import concurrent.futures
+import io
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from mmtjax.data import transforms
 from mmtjax.errors import UserError
@@ -40,12 +42,89 @@ def read_image(path: str) -> np.ndarray:
     return transforms.decode_image(f.read(), path)
 
 
-def binary_mask(path: str, threshold: int = 128) -> np.ndarray:
-  """A grey or colour mask file -> {0, 1} uint8 (any channel >= threshold is foreground)."""
-  m = read_image(path)
+class Mask(NamedTuple):
+  """A decoded label map and what was odd about its file (one short phrase each)."""
+  values: np.ndarray  # [H, W] uint8
+  issues: tuple[str, ...] = ()
+
+
+def _open_mask(path: str) -> Image.Image:
+  with open(path, 'rb') as f:
+    data = f.read()
+  try:
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im
+  except Exception as e:  # PIL raises several types for broken files.
+    raise UserError(f'cannot decode {path}: {e}') from e
+
+
+def mask_pixels(path: str) -> np.ndarray:
+  """A mask file in any PIL mode -> uint8 [H, W] (grey) or [H, W, 3] (colour), 0 = background.
+
+  '1' (1-bit, e.g. PH2's BMPs) -> 0/255; 'P' (palette) -> the palette's
+  colours; 'I;16'/'I'/'F' -> scaled to 0-255 when above 255 (0/1 masks stay
+  0/1); 'LA'/'RGBA'/'PA' -> the colour over black, weighted by alpha, or the
+  alpha itself when the colour is the same everywhere (a mask drawn only in
+  the alpha channel).
+  """
+  im = _open_mask(path)
+  if im.mode == '1':
+    return np.asarray(im, np.uint8) * 255
+  if im.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
+    a = np.asarray(im).astype(np.float64)
+    top = float(a.max()) if a.size else 0.0
+    if top > 255:
+      a *= 255.0 / (65535.0 if top <= 65535 else top)
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+  if im.mode == 'P':
+    im = im.convert('RGBA')
+  if im.mode == 'PA':
+    im = im.convert('RGBA')
+  if im.mode in ('LA', 'RGBA'):
+    a = np.asarray(im)
+    colour, alpha = a[..., :-1], a[..., -1:]
+    if colour.size and (colour == colour.reshape(-1, colour.shape[-1])[0]).all():
+      return alpha[..., 0].copy()
+    out = np.rint(colour.astype(np.float32) * (alpha.astype(np.float32) / 255.0)).astype(np.uint8)
+    return out[..., 0] if out.shape[-1] == 1 else out
+  if im.mode not in ('L', 'RGB'):
+    im = im.convert('RGB')
+  return np.asarray(im)
+
+
+def binary_mask(path: str, threshold: int = 128) -> Mask:
+  """A mask file in any mode -> {0, 1}: foreground where the brightest channel is >= threshold
+  (PATNet/HSNet: convert('L') then >= 128), or where it is 1 in a mask whose values are only 0
+  and 1. Masks with many grey pixels, or whose brightest value is below the threshold, are
+  noted (they are probably not binary masks)."""
+  m = mask_pixels(path)
   if m.ndim == 3:
-    m = m[..., :3].max(axis=-1)
-  return (m >= threshold).astype(np.uint8)
+    m = m.max(axis=-1)
+  top = int(m.max()) if m.size else 0
+  if top <= 1:
+    return Mask((m == 1).astype(np.uint8))
+  issues = []
+  if top < threshold:
+    issues.append(f'brightest value {top} < {threshold}: empty after thresholding (a class-id map?)')
+  elif np.mean((m > 32) & (m < 224)) > 0.05 and len(np.unique(m)) > 2:  # two levels: a clean mask
+    issues.append('more than 5% of pixels are neither near 0 nor near 255 (thresholded at 128)')
+  return Mask((m >= threshold).astype(np.uint8), tuple(issues))
+
+
+def class_map(path: str, num_classes: int) -> Mask:
+  """A class-id mask (8-bit grey like SegmentationClassAug, or palette like VOC's
+  SegmentationClass, whose indices are the ids) -> ids 0..num_classes and 255; other
+  values become 255 (ignored) and are noted."""
+  im = _open_mask(path)
+  if im.mode not in ('L', 'P'):
+    raise UserError(f'{path}: expected a class-id mask (8-bit grey or palette PNG), got mode {im.mode}')
+  m = np.asarray(im).astype(np.uint8)
+  bad = (m > num_classes) & (m != IGNORE_LABEL)
+  if bad.any():
+    m = np.where(bad, IGNORE_LABEL, m).astype(np.uint8)
+    return Mask(m, (f'values outside 0-{num_classes} and 255 (set to 255, ignored)',))
+  return Mask(m)
 
 
 class Example(NamedTuple):
@@ -54,6 +133,7 @@ class Example(NamedTuple):
   label: np.ndarray  # [H, W] uint8
   binary: bool = False
   class_id: int = 1  # the class of a binary label
+  issues: tuple[str, ...] = ()  # Mask.issues of its label
 
 
 def colour_classes(mask_rgb: np.ndarray, classes: dict[int, int], default: int) -> np.ndarray:
@@ -81,13 +161,16 @@ def require(path: str, builder: str, page: str) -> str:
   return path
 
 
-def file_item(key: str, image_path: str, label_fn: Callable[[], np.ndarray], *,
+def file_item(key: str, image_path: str, label_fn: Callable[[], Mask], *,
               binary: bool = False, class_id: int = 1,
               required: tuple[str, ...] = (), builder: str = '', page: str = '') -> Item:
   """An example whose image is stored as its original file bytes.
 
   `required` files (the image, the mask) must exist: a missing one stops the
-  build with RawDataError; an existing but undecodable one is skipped.
+  build with RawDataError; an existing but undecodable one (a zero-byte or
+  truncated file) and a mask of another size than its image are skipped and
+  listed in the build report. (A mask of another size usually belongs to
+  another image, so it is not resized.)
   """
 
   def load():
@@ -96,27 +179,43 @@ def file_item(key: str, image_path: str, label_fn: Callable[[], np.ndarray], *,
     with open(image_path, 'rb') as f:
       data = f.read()
     image = transforms.decode_image(data, image_path)
-    label = label_fn()
-    if image.shape[:2] != label.shape:
-      raise UserError(f'{image_path}: image {image.shape[:2]} and mask {label.shape} differ in size')
-    return [Example(key, data, label, binary, class_id)]
+    mask = label_fn()
+    if image.shape[:2] != mask.values.shape:
+      raise UserError(f'{image_path}: image {image.shape[:2]} and mask {mask.values.shape} differ in size')
+    return [Example(key, data, mask.values, binary, class_id, mask.issues)]
 
   return Item(image_path, load)
 
 
-class RawBuilder(tfds.core.GeneratorBasedBuilder):
-  """Base of the raw-data builders: manual_dir checks, parallel decoding, build report."""
+def _missing(root: str, rel: tuple[str, ...]) -> list[str]:
+  return [r for r in rel if not os.path.exists(os.path.join(root, r))]
 
-  VERSION = tfds.core.Version('1.0.0')
+
+class RawBuilder(tfds.core.GeneratorBasedBuilder):
+  """Base of the raw-data builders: finding the data root, parallel decoding, build report.
+
+  A builder names the paths a data root holds (LAYOUTS: one tuple per accepted
+  layout, e.g. the raw challenge files or PATNet's preprocessed tree). The
+  user's manual_dir may be that root or a folder up to SEARCH_DEPTH levels
+  above it (an archive's top-level folder, VOCdevkit/VOC2012, ...).
+  """
+
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.1.0': 'Masks in any image mode; data root found below manual_dir.'}
   DOWNLOAD_PAGE = ''
-  REQUIRED: tuple[str, ...] = ()  # Paths under manual_dir that must exist.
+  LAYOUTS: tuple[tuple[str, ...], ...] = ((),)  # Paths under the root, one tuple per layout.
   CLASS_NAMES: tuple[str, ...] = ()  # Class id c is CLASS_NAMES[c - 1].
   SPLITS: tuple[str, ...] = ('test',)
+  # The splits a config uses when it names none: train (None: a test-only target dataset),
+  # val, test, and the published test protocol.
+  DEFAULTS = dict(train_split=None, val_split=None, test_split='test', protocol='hsnet')
   NUM_WORKERS = 8
+  SEARCH_DEPTH = 3
 
   def __init__(self, *args, **kwargs):
     super().__init__(*args, **kwargs)
     self.build_report: dict[str, dict] = {}
+    self.layout = 0  # Index into LAYOUTS of the layout found (set by find_root).
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -130,37 +229,95 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
             'binary': tfds.features.Tensor(shape=(), dtype=np.bool_),
             'name': tfds.features.Tensor(shape=(), dtype=np.object_),
         }),
+        metadata=tfds.core.MetadataDict(),
     )
 
-  @classmethod
-  def check_manual_dir(cls, manual_dir: str | None) -> str:
-    """The manual dir, or RawDataError naming the first missing path and the download page."""
-    name = cls.name
+  # Finding the data root --------------------------------------------------------------------
+
+  def is_root(self, path: str) -> int | None:
+    """The index of the first layout whose paths all exist under `path`, else None."""
+    for i, rel in enumerate(self.LAYOUTS):
+      if rel and not _missing(path, rel):
+        return i
+    return None
+
+  def find_root(self, manual_dir: str | None) -> str:
+    """The data root at or below manual_dir (breadth first, SEARCH_DEPTH levels), logged; or
+    RawDataError listing what was looked for and the nearest match seen."""
+    name = self.name
     if not manual_dir:
       raise RawDataError(f'{name}: the raw data is not built yet and no manual dir was given '
-                         f'(--config.data.manual_dir); download it from {cls.DOWNLOAD_PAGE}')
-    manual_dir = os.path.expanduser(manual_dir)
-    for rel in ('', *cls.REQUIRED):
-      path = os.path.join(manual_dir, rel)
-      if not os.path.exists(path):
-        raise RawDataError(f'{name}: missing {path} (expected layout: see the {name} builder '
-                           f'docstring or the README); download from {cls.DOWNLOAD_PAGE}')
-    return manual_dir
+                         f'(--config.data.manual_dir); download it from {self.DOWNLOAD_PAGE}')
+    top = os.path.abspath(os.path.expanduser(manual_dir))
+    if not os.path.isdir(top):
+      raise RawDataError(f'{name}: missing {top} (the manual dir: the folder you unpacked the download '
+                         f'into); download from {self.DOWNLOAD_PAGE}')
+    level, seen = [top], []
+    for depth in range(self.SEARCH_DEPTH + 1):
+      for path in level:
+        layout = self.is_root(path)
+        if layout is not None:
+          self.layout = layout
+          if path != top:
+            logging.info('%s: using the data root %s (found below %s)', name, path, top)
+          return path
+        seen.append(path)
+      if depth == self.SEARCH_DEPTH:
+        break
+      level = [os.path.join(p, d) for p in level for d in _subdirs(p)][:2000]
+    wanted = ' or '.join('{' + ', '.join(rel) + '}' for rel in self.LAYOUTS if rel)
+    best = max(((len(rel) - len(_missing(p, rel)), p, rel) for p in seen for rel in self.LAYOUTS if rel),
+               default=(0, None, ()))
+    hint = ''
+    if best[0]:
+      hint = (f'; nearest match: {best[1]} has {", ".join(r for r in best[2] if r not in _missing(best[1], best[2]))}'
+              f' but lacks {", ".join(_missing(best[1], best[2]))}')
+    raise RawDataError(f'{name}: no data root at or up to {self.SEARCH_DEPTH} levels below {top}: looked for '
+                       f'a folder holding {wanted}{hint} (layout: the {name} builder docstring); download '
+                       f'from {self.DOWNLOAD_PAGE}')
 
-  def _split_generators(self, dl_manager):
-    root = self.check_manual_dir(os.fspath(dl_manager.manual_dir))
-    return {split: self._generate_examples(root, split) for split in self.SPLITS}
+  # Building ---------------------------------------------------------------------------------
+
+  def splits(self, root: str) -> tuple[str, ...]:
+    """The split names a root provides (fixed for the benchmarks)."""
+    del root
+    return self.SPLITS
 
   def items(self, root: str, split: str) -> Iterator[Item]:
     raise NotImplementedError
 
-  def _generate_examples(self, root: str, split: str):
-    report = {'built': 0, 'skipped_corrupt': [], 'dropped_empty': 0, 'notes': []}
-    self.build_report[split] = report
-    items = list(self.items(root, split))
-    if not items:
-      raise RawDataError(f'{self.name}: no examples for split {split!r} under {root}; is the '
-                         f'download complete? ({self.DOWNLOAD_PAGE})')
+  def why_empty(self, root: str, split: str) -> str:
+    """Why `split` holds no file under `root` (overridden where a builder can say more)."""
+    return f'no image of split {split!r} found under {root}'
+
+  def _split_generators(self, dl_manager):
+    root = self.find_root(os.fspath(dl_manager.manual_dir))
+    self.info.metadata['root'] = root
+    self.info.metadata['class_names'] = list(self.class_names(root))
+    generators, empty = {}, {}
+    for split in self.splits(root):
+      self.build_report[split] = {'built': 0, 'skipped_corrupt': [], 'dropped_empty': 0, 'notes': [],
+                                  'root': root}
+      items = list(self.items(root, split))
+      if items:
+        generators[split] = self._generate_examples(items, split)
+      else:
+        empty[split] = self.why_empty(root, split)
+        self.build_report[split]['notes'].append(f'empty split: {empty[split]}')
+    self.info.metadata['empty_splits'] = empty
+    if not generators:
+      raise RawDataError(f'{self.name}: nothing to build: ' + '; '.join(f'{s}: {r}' for s, r in empty.items()))
+    return generators
+
+  def class_names(self, root: str | None = None) -> tuple[str, ...]:
+    """Names of class ids 1..C (a built dataset keeps them in its metadata)."""
+    del root
+    return self.CLASS_NAMES
+
+  def _generate_examples(self, items: list[Item], split: str):
+    report = self.build_report[split]
+    issues: dict[str, list] = {}
+    per_class: dict[int, int] = {}
 
     def load(item):
       try:
@@ -177,6 +334,8 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
           report['skipped_corrupt'].append(f'{item.name}: {error}')
           continue
         for ex in examples:
+          for issue in ex.issues:
+            issues.setdefault(issue, [0, item.name])[0] += 1
           if ex.binary:
             area = int(np.sum(ex.label == 1))
             classes, areas = ([ex.class_id], [area]) if area else ([], [])
@@ -187,9 +346,21 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
             report['dropped_empty'] += 1
             continue
           report['built'] += 1
+          for c in classes:
+            per_class[c] = per_class.get(c, 0) + 1
           yield ex.key, {'image': ex.image, 'label': transforms.encode_png(ex.label.astype(np.uint8)),
                          'classes': np.asarray(classes, np.int32), 'areas': np.asarray(areas, np.int32),
                          'binary': ex.binary, 'name': item.name}
+    names = self.info.metadata.get('class_names') or []
+    report['per_class'] = {(names[c - 1] if 0 < c <= len(names) else str(c)): n
+                           for c, n in sorted(per_class.items())}
+    report['notes'] += [f'{n} masks: {issue} (first: {first})' for issue, (n, first) in issues.items()]
+    if not report['built']:
+      first = report['skipped_corrupt'][:1] or ['-']
+      raise RawDataError(
+          f'{self.name}/{split}: none of {len(items)} files gave an example: {len(report["skipped_corrupt"])} '
+          f'unreadable (first: {first[0]}), {report["dropped_empty"]} masks without foreground'
+          + (f'; {report["notes"][0]}' if report['notes'] else ''))
 
   def split_classes(self, split: str, fold: int, training: bool, indexed: tuple[int, ...]
                     ) -> tuple[int, ...]:
@@ -200,6 +371,13 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
     if fold >= 0:
       raise UserError(f'{self.name} has no folds (data.fold must be -1)')
     return indexed
+
+
+def _subdirs(path: str) -> list[str]:
+  try:
+    return sorted(d for d in os.listdir(path) if not d.startswith('.') and os.path.isdir(os.path.join(path, d)))
+  except OSError:
+    return []
 
 
 def fold_split(num_classes: int, novel: tuple[int, ...], fold: int, training: bool) -> tuple[int, ...]:
@@ -218,6 +396,6 @@ def write_report(builder: RawBuilder) -> None:
     json.dump(builder.build_report, f, indent=2)
   for split, r in builder.build_report.items():
     log = logging.warning if r['skipped_corrupt'] else logging.info
-    log('%s/%s: built %d examples, skipped %d corrupt, dropped %d without a class '
-                    '(report: %s)', builder.name, split, r['built'], len(r['skipped_corrupt']),
-                    r['dropped_empty'], path)
+    log('%s/%s: built %d examples, skipped %d corrupt, dropped %d without a class%s (report: %s)',
+        builder.name, split, r['built'], len(r['skipped_corrupt']), r['dropped_empty'],
+        ''.join(f'; {n}' for n in r['notes']), path)

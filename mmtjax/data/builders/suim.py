@@ -1,9 +1,13 @@
 """SUIM underwater imagery with 7 object classes, as used for MMT's cross-domain test.
 
-Raw data (manual_dir), the released archive:
-  <manual_dir>/train_val/images/<name>.jpg    <manual_dir>/train_val/masks/<name>.bmp
-  <manual_dir>/TEST/images/<name>.jpg         <manual_dir>/TEST/masks/<name>.bmp
-Download: https://irvlab.cs.umn.edu/resources/suim-dataset
+Real layout: the released archive (https://irvlab.cs.umn.edu/resources/suim-dataset;
+the same tree is described in the fansuregrin/SUIM notes on the dataset):
+  train_val/images/<name>.jpg    train_val/masks/<name>.bmp    1525 images, e.g. d_r_5_
+  TEST/images/<name>.jpg         TEST/masks/<name>.bmp         110 images
+Masks are 24-bit colour BMPs; some train_val masks carry off-palette colours
+along region borders (fansuregrin/SUIM lists d_r_5_, f_r_1007_, w_r_24_ ...),
+which the per-channel threshold below absorbs. manual_dir may be the folder
+holding train_val and TEST or up to 3 levels above it.
 
 train_val and TEST are merged into one split, 'test'. Mask colours are
 thresholded at 128 per channel into SUIM's 3-bit codes; the classes are FV
@@ -33,11 +37,11 @@ def colour_classes(mask_rgb: np.ndarray) -> np.ndarray:
   return raw.colour_classes(mask_rgb, _CODES, 0)
 
 
-def _label(path: str) -> np.ndarray:
-  mask = raw.read_image(path)
+def _label(path: str) -> raw.Mask:
+  mask = raw.mask_pixels(path)
   if mask.ndim != 3:
     raise UserError(f'{path}: expected an RGB colour mask, got shape {mask.shape}')
-  return colour_classes(mask)
+  return raw.Mask(colour_classes(mask))
 
 
 class Suim(raw.RawBuilder):
@@ -45,7 +49,7 @@ class Suim(raw.RawBuilder):
 
   DOWNLOAD_PAGE = 'https://irvlab.cs.umn.edu/resources/suim-dataset'
   MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
-  REQUIRED = tuple(f'{p}/{d}' for p in PARTS for d in ('images', 'masks'))
+  LAYOUTS = (tuple(f'{p}/{d}' for p in PARTS for d in ('images', 'masks')),)
   CLASS_NAMES = CLASS_NAMES
 
   def items(self, root, split):

@@ -1,0 +1,102 @@
+"""A user's own images and masks, one folder per class, for training or as a target domain.
+
+Layout (the root is data.manual_dir itself):
+  <root>/<class>/<name>.<jpg|jpeg|png|bmp|tif|tiff|webp>   an image
+  <root>/<class>/<name>_mask.png                            its mask, beside it
+or, to give the splits yourself, the same under split folders:
+  <root>/train/<class>/...   <root>/val/<class>/...   <root>/test/<class>/...
+The mask is a binary mask of the folder's class, in any image mode (1-bit,
+grey 0/255 or 0/1, palette, RGB, RGBA: raw.binary_mask), of the image's size;
+`<name>_mask.<any image extension>` is accepted too. Classes are the folder
+names, sorted, ids 1..C, the same id for a class in every split. Without split
+folders the one split is 'images', and every split name (train, val, test)
+reads it. Images without a mask, unreadable files and masks of another size are
+skipped and listed in the build report; an empty mask is dropped (counted).
+
+Each root is its own dataset (tfds config `<folder name>_<hash of the path>`):
+a changed folder is rebuilt by deleting <data_dir>/folder/<that config>.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import re
+
+from mmtjax.data.builders import raw
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+SPLIT_FOLDERS = ('train', 'val', 'test')
+ALL = 'images'  # The one split of a root without split folders ('all' is reserved by tfds).
+
+
+def config_name(root: str) -> str:
+  """The tfds config name of a root: its folder name and a hash of its absolute path."""
+  root = os.path.abspath(os.path.expanduser(root))
+  slug = re.sub(r'[^a-z0-9]+', '_', os.path.basename(root).lower()).strip('_') or 'root'
+  return f'{slug[:40]}_{hashlib.sha1(root.encode()).hexdigest()[:8]}'
+
+
+def _images_and_masks(folder: str) -> tuple[list[str], dict[str, str]]:
+  files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+  masks = {os.path.splitext(f)[0][:-len('_mask')]: f for f in files if os.path.splitext(f)[0].endswith('_mask')}
+  images = [f for f in files if not os.path.splitext(f)[0].endswith('_mask')]
+  return images, masks
+
+
+class Folder(raw.RawBuilder):
+  """A user's own data (see the module docstring for the layout)."""
+
+  DOWNLOAD_PAGE = 'your own files (README: "Use your own data")'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
+  SEARCH_DEPTH = 0
+  DEFAULTS = dict(train_split='train', val_split='val', test_split='test', protocol='custom')
+
+  def _split_dirs(self, root: str) -> dict[str, str]:
+    found = {s: os.path.join(root, s) for s in SPLIT_FOLDERS if os.path.isdir(os.path.join(root, s))}
+    return found or {ALL: root}
+
+  def splits(self, root):
+    return tuple(self._split_dirs(root))
+
+  def class_names(self, root=None):
+    if root is None:
+      return tuple(self.info.metadata.get('class_names', ()))
+    return tuple(sorted({c for d in self._split_dirs(root).values() for c in raw._subdirs(d)}))
+
+  def is_root(self, path):
+    return 0 if any(raw._subdirs(d) for d in self._split_dirs(path).values()) else None
+
+  def find_root(self, manual_dir):
+    if manual_dir and os.path.isdir(os.path.expanduser(manual_dir)):
+      root = os.path.abspath(os.path.expanduser(manual_dir))
+      if self.is_root(root) is None:
+        raise raw.RawDataError(f'folder: {root} holds no class folders; expected <root>/<class>/<name>.jpg with '
+                               f'<name>_mask.png beside it (README: "Use your own data")')
+      return root
+    raise raw.RawDataError(f'folder: data.manual_dir must name your data folder (got {manual_dir!r}); '
+                           f'layout: <root>/<class>/<name>.jpg with <name>_mask.png beside it')
+
+  def items(self, root, split):
+    ids = {name: i + 1 for i, name in enumerate(self.class_names(root))}
+    base = self._split_dirs(root)[split]
+    without_mask = []
+    for cls in raw._subdirs(base):
+      folder = os.path.join(base, cls)
+      images, masks = _images_and_masks(folder)
+      for image in images:
+        stem = os.path.splitext(image)[0]
+        if stem not in masks:
+          without_mask.append(os.path.join(folder, image))
+          continue
+        path = os.path.join(folder, image)
+        yield raw.file_item(f'{cls}/{stem}', path, functools.partial(raw.binary_mask, os.path.join(folder, masks[stem])),
+                            binary=True, class_id=ids[cls], required=(path,), builder=self.name,
+                            page=self.DOWNLOAD_PAGE)
+    if without_mask:
+      self.build_report[split]['notes'].append(
+          f'{len(without_mask)} images without a <name>_mask file were skipped (first: {without_mask[0]})')
+
+  def why_empty(self, root, split):
+    return (f'no image with a <name>_mask file in the class folders of {self._split_dirs(root)[split]}')
