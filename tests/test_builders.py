@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from mmtjax.data import datasets, episodes, transforms
-from mmtjax.data.builders import fss1000, pascal5i, raw
+from mmtjax.data.builders import construction, fss1000, pascal5i, raw
 from mmtjax.errors import UserError
 
 RNG = np.random.default_rng(0)
@@ -192,7 +192,7 @@ def test_missing_or_half_extracted_download_names_what_is_missing(tmp_path):
   os.remove(root / 'VOCdevkit' / 'VOC2012' / 'JPEGImages' / f'{ids[30]}.jpg')  # in val.txt, not extracted
   with pytest.raises(raw.RawDataError, match=f'missing .*{ids[30]}.jpg.*half-extracted'):
     datasets.load_split(_data('pascal5i', tmp_path, root), 'val', training=False)
-  assert not datasets.RAW_BUILDERS['pascal5i'](data_dir=str(tmp_path / 'tfds')).is_prepared()
+  assert not construction.new_builder(datasets.RAW_BUILDERS['pascal5i'], data_dir=str(tmp_path / 'tfds')).is_prepared()
   # A build that stops leaves nothing half-written in the data dir.
   left = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / 'tfds') for f in fs]
   assert not left, left
