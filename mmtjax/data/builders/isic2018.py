@@ -63,7 +63,6 @@ class Isic2018(raw.RawBuilder):
   # PATNet's class folders first: a tree that has them is read as PATNet reads it.
   LAYOUTS = ((f'{IMAGES}/1', f'{IMAGES}/2', f'{IMAGES}/3', MASKS), (IMAGES, MASKS))
   CLASS_NAMES = CLASS_NAMES
-  class_list: str | None = None  # Path of PATNet's class_id.csv (config data.class_list).
   _manual_top: str | None = None
 
   def _class_list_path(self, root: str) -> str:

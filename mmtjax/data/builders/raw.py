@@ -211,6 +211,7 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
   DEFAULTS = dict(train_split=None, val_split=None, test_split='test', protocol='hsnet')
   NUM_WORKERS = 8
   SEARCH_DEPTH = 3
+  class_list: str | None = None  # A class list file the builder reads (ISIC: PATNet's class_id.csv).
 
   def __init__(self, *args, **kwargs):
     super().__init__(*args, **kwargs)
