@@ -50,6 +50,9 @@ def data_section(dataset: str, shot: int, fold: int, **fields) -> ml_collections
       test_dataset=config_dict.placeholder(str),
       test_manual_dir=config_dict.placeholder(str),
       class_list=config_dict.placeholder(str),  # ISIC: PATNet's class_id.csv, when not in manual_dir
+      # Protocol 'hsnet' on PASCAL-5i / COCO-20i: HSNet's data/splits/<pascal|coco>/val/fold<f>.<txt|pkl>,
+      # when not in manual_dir (mmtjax.data.episodes).
+      fold_list=config_dict.placeholder(str),
       image_size=64,
       shot=shot,
       fold=fold,

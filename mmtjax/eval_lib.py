@@ -14,7 +14,7 @@ import numpy as np
 
 from mmtjax import checkpointing, config_lib, methods, metrics, parallel, visualize
 from mmtjax.data import datasets, pipeline, protocols
-from mmtjax.data.episodes import EpisodeSampler
+from mmtjax.data import episodes as episode_lists
 from mmtjax.errors import UserError
 from mmtjax.models import get_model
 from mmtjax.state import create_train_state
@@ -36,8 +36,7 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
   protocol = protocol or protocols.test_protocol(datasets.test_data(config.data), e)
   n_dev = len(devices) if devices else jax.local_device_count()
   per_device = max(1, -(-e.batch_size // n_dev))
-  sampler = EpisodeSampler(split.index, split.classes, config.data.shot, seed=protocol.seed)
-  episodes = sampler.test_list(protocol.num_episodes, protocol.order)
+  episodes = episode_lists.test_episodes(split, datasets.test_data(config.data), protocol, config.data.shot)
   loader = pipeline.EpisodeLoader(split.source, image_size=protocol.image_size, augment='none',
                                   seed=protocol.seed, num_workers=config.data.num_workers,
                                   resize=protocol.resize)
@@ -75,7 +74,7 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
                         zip(out.reshape(-1, *out.shape[2:]), host['original_labels'])])
       meters[name].add(host['class_id'], out, host['valid'])
   for m in meters.values():
-    m.merge_processes(split.classes)
+    m.merge_processes(sorted({e.class_id for e in episodes}))  # the anchors' lists may hold other classes
   results = {name: m.result() for name, m in meters.items()}
   for name, totals in hist_totals.items():
     for key, total in totals.items():  # e.g. how many target images chose each memory item
@@ -84,6 +83,7 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
   dataset = config.data.dataset if split_name else datasets.test_data(config.data).dataset
   return {'dataset': dataset, 'split': split_name or config.data.test_split, 'shot': config.data.shot,
           'protocol': protocol.name, 'num_episodes': len(episodes),
+          'episodes_sha256': episode_lists.list_sha256(episode_lists.episode_lines(episodes, split)),
           'seconds': round(time.time() - start, 2), 'results': results}
 
 

@@ -55,9 +55,17 @@ def test_protocol_table():
   for dataset, n in (('pascal5i', 1000), ('deepglobe', 600), ('isic2018', 600), ('chest_xray', 600)):
     data.dataset = dataset
     p = protocols.test_protocol(data, ev)
-    assert (p.num_episodes, p.seed, p.image_size, p.resize) == (n, 0, 400, 'square')
+    assert (p.num_episodes, p.seed, p.image_size, p.resize, p.order) == (n, 0, 400, 'square', 'anchors')
+  data.dataset = 'fss1000'
+  assert protocols.test_protocol(data, ev).order == 'anchors'
+  data.dataset = 'suim'  # Not tested by the anchors: mmtjax's sampler, classes in turn.
+  assert protocols.test_protocol(data, ev).order == 'round_robin'
+  data.protocol = 'uniform'  # mmtjax's sampler with the anchors' counts, size and seed.
+  assert protocols.test_protocol(data, ev).order == 'round_robin'
   data.dataset = 'fss1000'
   assert protocols.test_protocol(data, ev).order == 'each_query'
+  data.dataset = 'isic2018'
+  assert (protocols.test_protocol(data, ev).order, protocols.test_protocol(data, ev).num_episodes) == ('random', 600)
   data.protocol = 'pfenet'
   with pytest.raises(ValueError, match="'pfenet' is defined for"):
     protocols.test_protocol(data, ev)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 
@@ -92,8 +93,30 @@ def resolve(config: ml_collections.ConfigDict, *, training: bool) -> ml_collecti
 @dataclasses.dataclass
 class SplitData:
   source: object  # tfds data source: len() and [i] -> dict of numpy
-  index: dict[int, np.ndarray]
-  classes: tuple[int, ...]
+  index: dict[int, np.ndarray]  # class -> records with >= data.min_pixels of it
+  classes: tuple[int, ...]  # the classes its episodes use
+  dataset: str = ''
+  name: str = ''  # the split
+  cache_dir: str | None = None  # where per-split caches live (beside the data)
+  class_names: tuple[str, ...] = ()  # of ids 1..C
+
+  def class_name(self, c: int) -> str:
+    return self.class_names[c - 1] if 0 < c <= len(self.class_names) else str(c)
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  @functools.cached_property
+  def all_index(self) -> dict[int, np.ndarray]:
+    """class -> every record holding any pixel of it (the anchors' lists filter nothing)."""
+    if self.cache_dir is None:
+      return self.index
+    return episodes.cached_class_index(self.source, self.cache_dir, self.name, 1)
+
+  def ids(self) -> list[str]:
+    """The records' ids (original file names without extension)."""
+    return episodes.cached_ids(self.source, self.cache_dir, self.name)
 
 
 def _embedded_classes(data: ml_collections.ConfigDict, split: str, training: bool) -> tuple[int, ...]:
@@ -212,7 +235,8 @@ def load_split(data: ml_collections.ConfigDict, split: str, *, training: bool) -
   index = _process_zero_first(lambda: episodes.cached_class_index(
       source, os.fspath(builder.data_dir), split, data.min_pixels))
   if data.dataset == 'mmtjax_shapes':
-    classes = _embedded_classes(data, split, training)
+    classes, names = _embedded_classes(data, split, training), ()
   else:
     classes = builder.split_classes(split, data.fold, training, tuple(sorted(index)))
-  return SplitData(source, index, classes)
+    names = tuple(builder.info.metadata.get('class_names') or builder.class_names())
+  return SplitData(source, index, classes, data.dataset, split, os.fspath(builder.data_dir), names)

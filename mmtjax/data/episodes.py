@@ -1,21 +1,35 @@
-"""Episode sampling: every episode is a pure function of (seed, step, index).
+"""Episodes: mmtjax's sampler, the anchors' test episodes, and episode lists as files.
 
-An episode is (class id, query example, K distinct support examples), all of
-whose masks hold the class with at least `min_pixels` pixels, support never
-equal to the query. Resuming at a step therefore replays the same episodes,
-and every host draws the same global list.
+mmtjax's sampler: every episode is a pure function of (seed, step, index): a
+class, a query and K distinct supports whose masks hold the class with at
+least `min_pixels` pixels. Resuming at a step replays the same episodes, and
+every host draws the same global list. It draws the training episodes and the
+test episodes of protocols 'custom' and 'uniform'.
+
+Protocol 'hsnet' replays HSNet's and PATNet's own test episodes
+(mmtjax.data.anchors). A test list can be written as a file, one JSON object a
+line, `{"index", "class", "class_name", "query", "supports"}` with the records'
+ids (the original file names without extension); its SHA-256 goes into every
+evaluation report:
+
+  python -m mmtjax.data.episodes --dataset fss1000 --protocol hsnet --shot 1 \
+      --manual_dir ~/data/FSS-1000 --data_dir ~/tensorflow_datasets --out fss_1shot.jsonl
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from mmtjax.data import anchors
 from mmtjax.errors import UserError
 
 # Distinct stream for test lists so they never coincide with training episodes.
@@ -110,3 +124,157 @@ class EpisodeSampler:
   def _draw(self, c: int, rng: np.random.Generator) -> Episode:
     chosen = rng.choice(self.index[c], self.shot + 1, replace=False)
     return Episode(int(c), int(chosen[0]), tuple(int(s) for s in chosen[1:]))
+
+
+# The anchors' test episodes (protocol 'hsnet') -------------------------------------------------
+
+# How the anchors sort a class's files: by file name (the image's, or for Chest X-ray the mask's).
+_FILE_SUFFIX = {'fss1000': '.jpg', 'isic2018': '.jpg', 'deepglobe': '.jpg', 'chest_xray': '_mask.png'}
+
+
+def cached_ids(source, cache_dir: str, split: str) -> list[str]:
+  """The records' ids (original file names without extension), read once and kept beside the data."""
+  path = os.path.join(cache_dir, f'ids-{split}.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  ids = [source[i]['id'].decode() for i in range(len(source))]
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump(ids, f)
+  os.replace(tmp, path)
+  return ids
+
+
+def _find_list(data, dataset: str, fold: int, ext: str) -> str:
+  """HSNet's fold list: data.fold_list, or fold{f}.<ext> in manual_dir or its splits/<dataset>/val."""
+  if data.get('fold_list'):
+    path = os.path.expanduser(data.fold_list)
+    if not os.path.isfile(path):
+      raise UserError(f'data.fold_list {path} is not a file')
+    return path
+  short = 'pascal' if dataset == 'pascal5i' else 'coco'
+  top = os.path.expanduser(data.get('manual_dir') or '.')
+  for folder in (top, os.path.join(top, 'splits', short, 'val'), os.path.join(top, 'data', 'splits', short, 'val')):
+    if os.path.isfile(os.path.join(folder, f'fold{fold}.{ext}')):
+      return os.path.join(folder, f'fold{fold}.{ext}')
+  raise UserError(f"protocol 'hsnet' on {dataset} replays HSNet's episode list data/splits/{short}/val/"
+                  f'fold{fold}.{ext} (https://github.com/juhongm999/hsnet): pass --config.data.fold_list=PATH '
+                  f'or put it in {top}')
+
+
+def anchor_episodes(split, data, shot: int, num_episodes: int | None) -> list[Episode]:
+  """HSNet's / PATNet's test episodes (anchors.py) for `split`, as record indices. `split`:
+  a datasets.SplitData; `data`: the config's data section seen by the test split."""
+  dataset = split.dataset
+  ids = cached_ids(split.source, split.cache_dir, split.name)
+  by_class: dict[int, list[str]] = {}
+  record: dict[tuple[int, str], int] = {}
+  record_of_id: dict[str, int] = {}
+  for c in split.all_index:
+    for i in split.all_index[c]:
+      by_class.setdefault(c, []).append(ids[i])
+      record[(c, ids[i])] = int(i)
+  for i, name in enumerate(ids):
+    record_of_id.setdefault(name, i)
+  if dataset == 'pascal5i':
+    named = anchors.fold_list_episodes(anchors.read_pascal_fold_list(_find_list(data, dataset, data.fold, 'txt')),
+                                       num_episodes, shot)
+  elif dataset == 'coco20i':
+    lists = anchors.read_coco_fold_list(_find_list(data, dataset, data.fold, 'pkl'))
+    named = anchors.coco_episodes({c: [anchors.coco_id(n) for n in v] for c, v in lists.items()}, data.fold,
+                                  num_episodes, shot)
+  elif dataset == 'fss1000':
+    stems = {c: [n.split('/', 1)[1] for n in by_class[c]] for c in sorted(by_class)}
+    named = [(c, f'{split.class_name(c)}/{q}', tuple(f'{split.class_name(c)}/{s}' for s in sup))
+             for c, q, sup in anchors.fss_episodes(stems, shot)]
+  elif dataset in _FILE_SUFFIX:
+    missing = [split.class_name(c) for c in range(1, split.num_classes + 1) if not by_class.get(c)]
+    if missing:
+      raise UserError(f'{dataset}: no image of class {", ".join(missing)}; PATNet\'s episodes cycle over all '
+                      f'{split.num_classes} classes')
+    suffix = _FILE_SUFFIX[dataset]
+    named = anchors.round_robin_episodes(
+        [(c, sorted(by_class[c], key=lambda n: n + suffix)) for c in range(1, split.num_classes + 1)],
+        num_episodes, shot)
+  else:
+    raise UserError(f"protocol 'hsnet' replays HSNet's and PATNet's episodes, defined for pascal5i, coco20i, "
+                    f"fss1000, deepglobe, isic2018 and chest_xray, not {dataset!r}")
+  absent = [n for _, q, sup in named for n in (q, *sup) if n not in record_of_id]
+  if absent:
+    raise UserError(f'{dataset}: the episode list names {len(set(absent))} images absent from the built data '
+                    f'(first: {absent[0]}); is the download complete?')
+  return [Episode(c, record.get((c, q), record_of_id[q]), tuple(record.get((c, s), record_of_id[s]) for s in sup))
+          for c, q, sup in named]
+
+
+def episode_lines(episodes: Sequence[Episode], split) -> list[dict]:
+  """The JSON objects of an episode list, with record ids (or indices when the records have none)."""
+  ids = split.ids() if split.cache_dir and split.dataset != 'mmtjax_shapes' else None
+  name = (lambda i: ids[i]) if ids else str
+  return [{'index': k, 'class': e.class_id, 'class_name': split.class_name(e.class_id), 'query': name(e.query),
+           'supports': [name(s) for s in e.supports]} for k, e in enumerate(episodes)]
+
+
+def list_text(lines: Sequence[dict]) -> str:
+  return ''.join(json.dumps(line, sort_keys=True) + '\n' for line in lines)
+
+
+def list_sha256(lines: Sequence[dict]) -> str:
+  """The SHA-256 of the list as written by --out: two reports with the same hash saw the same episodes."""
+  return hashlib.sha256(list_text(lines).encode()).hexdigest()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """python -m mmtjax.data.episodes: writes a dataset's test episodes as JSON lines."""
+  parser = argparse.ArgumentParser(prog='python -m mmtjax.data.episodes', description=main.__doc__)
+  parser.add_argument('--dataset', required=True)
+  parser.add_argument('--protocol', default='hsnet', help="'hsnet' (the anchors' episodes), 'uniform' or 'custom'")
+  parser.add_argument('--shot', type=int, default=1)
+  parser.add_argument('--fold', type=int, default=-1)
+  parser.add_argument('--split', default=None, help="default: the dataset's test split")
+  parser.add_argument('--manual_dir', default=None)
+  parser.add_argument('--data_dir', default=None)
+  parser.add_argument('--fold_list', default=None, help="HSNet's fold list (PASCAL .txt, COCO .pkl)")
+  parser.add_argument('--class_list', default=None, help="ISIC: PATNet's class_id.csv")
+  parser.add_argument('--num_episodes', type=int, default=300, help="protocol 'custom' only")
+  parser.add_argument('--min_pixels', type=int, default=1,
+                      help="protocols other than 'hsnet': as the config's data.min_pixels")
+  parser.add_argument('--out', required=True)
+  args = parser.parse_args(argv)
+  from mmtjax import cli
+  cli.run(lambda: _write_list(args))
+
+
+def _write_list(args) -> None:
+  import ml_collections
+
+  from mmtjax.data import datasets, protocols
+  if os.path.exists(args.out):
+    raise UserError(f'--out {args.out} exists; choose another path (lists are never overwritten)')
+  data = ml_collections.ConfigDict(dict(
+      dataset=args.dataset, data_dir=args.data_dir, manual_dir=args.manual_dir, fold=args.fold, shot=args.shot,
+      fold_list=args.fold_list, class_list=args.class_list, min_pixels=args.min_pixels, image_size=400,
+      protocol=args.protocol, test_split=args.split, builder_config='default'))
+  if data.test_split is None:
+    data.test_split = datasets.defaults(args.dataset, args.fold)['test_split']
+  split = datasets.load_split(data, data.test_split, training=False)
+  protocol = protocols.test_protocol(data, ml_collections.ConfigDict(dict(num_episodes=args.num_episodes, seed=0)))
+  lines = episode_lines(test_episodes(split, data, protocol, args.shot), split)
+  tmp = f'{args.out}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    f.write(list_text(lines))
+  os.replace(tmp, args.out)
+  print(f'{len(lines)} episodes -> {args.out} (sha256 {list_sha256(lines)})')
+
+
+def test_episodes(split, data, protocol, shot: int) -> list[Episode]:
+  """The test episodes of a protocol (protocols.Protocol) on a split."""
+  if protocol.order == 'anchors':
+    return anchor_episodes(split, data, shot, protocol.num_episodes)
+  sampler = EpisodeSampler(split.index, split.classes, shot, seed=protocol.seed)
+  return sampler.test_list(protocol.num_episodes, protocol.order)
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:])

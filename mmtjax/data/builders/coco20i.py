@@ -90,7 +90,7 @@ class Coco20i(raw.RawBuilder):
       path = os.path.join(images_dir, info['file_name'])
       yield raw.file_item(str(image_id), path,
                           functools.partial(label_fn, image_id, info['height'], info['width']),
-                          required=(path,), builder=self.name, page=self.DOWNLOAD_PAGE)
+                          id=os.path.splitext(info['file_name'])[0], required=(path,), builder=self.name, page=self.DOWNLOAD_PAGE)
 
   def split_classes(self, split, fold, training, indexed):
     del split, indexed

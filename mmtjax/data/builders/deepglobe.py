@@ -112,7 +112,7 @@ class Deepglobe(raw.RawBuilder):
         image = os.path.join(origin, name)
         mask = os.path.join(root, str(c), 'test', 'groundtruth', name[:-4] + '.png')
         yield raw.file_item(f'{c}/{name[:-4]}', image, functools.partial(raw.binary_mask, mask), binary=True,
-                            class_id=c, required=(image, mask), builder=self.name, page=self.DOWNLOAD_PAGE)
+                            class_id=c, id=name[:-4], required=(image, mask), builder=self.name, page=self.DOWNLOAD_PAGE)
 
   def _tiles(self, image_path, mask_path, stem):
     image = raw.read_image(image_path)
@@ -126,5 +126,6 @@ class Deepglobe(raw.RawBuilder):
       if not keep_tile(m):
         continue
       encoded = transforms.encode_png(np.ascontiguousarray(transforms.to_rgb(im)))
-      out += [raw.Example(f'{stem}_{r}{c}/{k}', encoded, binary, True, k) for k, binary in class_masks(m).items()]
+      tile = f'{stem}_{r}{c}'  # PATNet's step 1 names the image tile <id>_sat_<row><col>
+      out += [raw.Example(f'{tile}/{k}', encoded, binary, True, k, id=tile) for k, binary in class_masks(m).items()]
     return out

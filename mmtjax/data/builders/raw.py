@@ -5,7 +5,10 @@ Every record holds:
   label    PNG bytes of a uint8 map: class ids (0 background, 255 ignore) or,
            when `binary` is True, {0, 1, 255} for the record's single class,
   classes  int32 [n] class ids present, areas int32 [n] their pixel counts,
-  binary   bool, name  the source file (for error messages and reports).
+  binary   bool, name  the source file (for error messages and reports),
+  id       the original file name without extension, as the anchors' episode
+           lists name it (PASCAL 2007_000033, FSS-1000 <class>/<n>, a
+           Deepglobe tile's stem).
 Images that cannot be decoded are skipped with a warning and listed in
 `<data_dir>/build_report.json`; records without any class are dropped (counted
 there too). TensorFlow is not needed: records go to array_record files and are
@@ -134,6 +137,7 @@ class Example(NamedTuple):
   binary: bool = False
   class_id: int = 1  # the class of a binary label
   issues: tuple[str, ...] = ()  # Mask.issues of its label
+  id: str = ''  # The original file name without extension (episode lists); '' = key
 
 
 def colour_classes(mask_rgb: np.ndarray, classes: dict[int, int], default: int) -> np.ndarray:
@@ -162,7 +166,7 @@ def require(path: str, builder: str, page: str) -> str:
 
 
 def file_item(key: str, image_path: str, label_fn: Callable[[], Mask], *,
-              binary: bool = False, class_id: int = 1,
+              binary: bool = False, class_id: int = 1, id: str = '',  # noqa: A002
               required: tuple[str, ...] = (), builder: str = '', page: str = '') -> Item:
   """An example whose image is stored as its original file bytes.
 
@@ -182,7 +186,7 @@ def file_item(key: str, image_path: str, label_fn: Callable[[], Mask], *,
     mask = label_fn()
     if image.shape[:2] != mask.values.shape:
       raise UserError(f'{image_path}: image {image.shape[:2]} and mask {mask.values.shape} differ in size')
-    return [Example(key, data, mask.values, binary, class_id, mask.issues)]
+    return [Example(key, data, mask.values, binary, class_id, mask.issues, id)]
 
   return Item(image_path, load)
 
@@ -229,6 +233,7 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
             'areas': tfds.features.Tensor(shape=(None,), dtype=np.int32),
             'binary': tfds.features.Tensor(shape=(), dtype=np.bool_),
             'name': tfds.features.Tensor(shape=(), dtype=np.object_),
+            'id': tfds.features.Tensor(shape=(), dtype=np.object_),
         }),
         metadata=tfds.core.MetadataDict(),
     )
@@ -351,7 +356,7 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
             per_class[c] = per_class.get(c, 0) + 1
           yield ex.key, {'image': ex.image, 'label': transforms.encode_png(ex.label.astype(np.uint8)),
                          'classes': np.asarray(classes, np.int32), 'areas': np.asarray(areas, np.int32),
-                         'binary': ex.binary, 'name': item.name}
+                         'binary': ex.binary, 'name': item.name, 'id': ex.id or ex.key}
     names = self.info.metadata.get('class_names') or []
     report['per_class'] = {(names[c - 1] if 0 < c <= len(names) else str(c)): n
                            for c, n in sorted(per_class.items())}
@@ -397,6 +402,7 @@ def write_report(builder: RawBuilder) -> None:
     json.dump(builder.build_report, f, indent=2)
   for split, r in builder.build_report.items():
     log = logging.warning if r['skipped_corrupt'] else logging.info
-    log('%s/%s: built %d examples, skipped %d corrupt, dropped %d without a class%s (report: %s)',
-        builder.name, split, r['built'], len(r['skipped_corrupt']), r['dropped_empty'],
+    per_class = ', '.join(f'{k} {v}' for k, v in r.get('per_class', {}).items())
+    log('%s/%s: built %d examples (per class: %s), skipped %d corrupt, dropped %d without a class%s (report: %s)',
+        builder.name, split, r['built'], per_class or '-', len(r['skipped_corrupt']), r['dropped_empty'],
         ''.join(f'; {n}' for n in r['notes']), path)

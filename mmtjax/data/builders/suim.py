@@ -60,4 +60,4 @@ class Suim(raw.RawBuilder):
         image = os.path.join(folder, name)
         mask = os.path.join(root, part, 'masks', os.path.splitext(name)[0] + '.bmp')
         yield raw.file_item(f'{part}/{name}', image, functools.partial(_label, mask),
-                            required=(image, mask), builder=self.name, page=self.DOWNLOAD_PAGE)
+                            id=os.path.splitext(name)[0], required=(image, mask), builder=self.name, page=self.DOWNLOAD_PAGE)
