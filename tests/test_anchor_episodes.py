@@ -236,3 +236,34 @@ def test_fss_test_split_is_exactly_the_published_240(tmp_path):
 def _write(path, array):
   from PIL import Image
   Image.fromarray(array).save(path)
+
+
+def test_evaluation_scores_the_anchor_list_and_reports_its_hash(tmp_path, tfds_dir):
+  import jax
+
+  from mmtjax import eval_lib, parallel
+  from mmtjax.models import get_model
+  from mmtjax.state import create_train_state
+  from tests.conftest import tiny_config
+  root = tmp_path / 'ISIC'
+  _isic_tree(root, extra=())
+  _class_csv(root / 'class_id.csv', [(n, c) for n, c in [('ISIC_0000000', 'nevus'), ('ISIC_0000001', 'nevus'),
+                                                         ('ISIC_0000004', 'melanoma'), ('ISIC_0000013', 'melanoma'),
+                                                         ('ISIC_0000014', 'seborrheic_keratosis'),
+                                                         ('ISIC_0000015', 'seborrheic_keratosis')]])
+  config = tiny_config(tfds_dir)
+  config.data.update(dict(test_dataset='isic2018', test_manual_dir=str(root), test_split=None, protocol='hsnet'))
+  datasets.resolve(config, training=False)
+  test_data = datasets.test_data(config.data)
+  test_data.data_dir = str(tmp_path / 'tfds')
+  config.data.data_dir = test_data.data_dir
+  split = datasets.load_split(test_data, config.data.test_split, training=False)
+  model = get_model(config, axis_name=parallel.AXIS)
+  state, _ = create_train_state(model, config)
+  short = protocols.Protocol('hsnet', 6, 0, 32, 'square', order='anchors')
+  report = eval_lib.evaluate_variables(model, parallel.replicate(parallel.eval_variables(jax.device_get(state))),
+                                       config, split, protocol=short)
+  expected = episodes.episode_lines(episodes.anchor_episodes(split, test_data, 1, 6), split)
+  assert report['dataset'] == 'isic2018' and report['num_episodes'] == 6
+  assert report['episodes_sha256'] == episodes.list_sha256(expected)
+  assert [d['class'] for d in expected] == [1, 2, 3, 1, 2, 3]

@@ -243,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--out', required=True)
   args = parser.parse_args(argv)
   from mmtjax import cli
+  cli.quiet_libraries()
   cli.run(lambda: _write_list(args))
 
 
