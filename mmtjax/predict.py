@@ -1,0 +1,208 @@
+r"""Segmenting a user's own images with a trained model.
+
+  from mmtjax.predict import Predictor
+  predictor = Predictor.from_workdir('workdirs/default')      # latest checkpoint (best=True: the best)
+  out = predictor.segment(query, [support], [support_mask])   # uint8 RGB arrays of any size
+  out.mask, out.probability                                   # at the query's own size
+
+  python -m mmtjax.predict --workdir W --support a.jpg:a.png [--support b.jpg:b.png] \
+      --query q.jpg --out q_mask.png [--query r.jpg --out r_mask.png]
+
+The model and its config come from the checkpoint. Images are resized and
+normalised inside, as the config's test protocol does (square resize, or for
+'pfenet' the longer side plus padding); the foreground probability is resized
+back to each query's size and thresholded at 0.5. One compiled function serves
+every call with the same number of queries and supports. Grey and RGBA images
+are converted to RGB; a support mask is foreground where it is non-zero (0/1
+masks) or >= 128 (0/255 masks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from mmtjax import checkpointing, methods, parallel
+from mmtjax.data import datasets, protocols, transforms
+from mmtjax.errors import UserError
+from mmtjax.models import get_model
+from mmtjax.state import create_train_state
+
+
+@dataclasses.dataclass
+class Prediction:
+  mask: np.ndarray  # uint8 [H, W] in {0, 1}, at the query's size
+  probability: np.ndarray  # float32 [H, W] foreground probability, at the query's size
+  logit: np.ndarray  # float32 [S, S] foreground minus background logit at the model's input size
+
+
+def _rgb(image: np.ndarray, what: str) -> np.ndarray:
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    raise UserError(f'{what}: expected a uint8 image, got {image.dtype}')
+  if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (1, 2, 3, 4)):
+    if image.ndim == 3 and image.shape[-1] == 2:  # grey + alpha
+      image = image[..., 0]
+    return transforms.to_rgb(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image)
+  raise UserError(f'{what}: expected an [H, W] or [H, W, 1|3|4] image, got shape {image.shape}')
+
+
+def _binary(mask: np.ndarray, what: str) -> np.ndarray:
+  mask = np.asarray(mask)
+  if mask.ndim == 3:
+    mask = mask[..., :3].max(axis=-1)
+  if mask.ndim != 2:
+    raise UserError(f'{what}: expected an [H, W] mask, got shape {mask.shape}')
+  fg = mask > 0 if mask.max(initial=0) <= 1 else mask >= 128
+  if not fg.any():
+    raise UserError(f'{what}: the support mask has no foreground; a support must show the object')
+  return fg.astype(np.uint8)
+
+
+class Predictor:
+  """A trained model and the preprocessing of its test protocol."""
+
+  def __init__(self, config: ml_collections.ConfigDict, variables, *, mode: str | None = None):
+    self.config = config
+    self.method = methods.for_config(config)
+    self.model = get_model(config, axis_name=None)
+    modes = dict(self.method.eval_modes)
+    mode = mode or next(iter(modes))
+    if mode not in modes:
+      raise UserError(f'unknown mode {mode!r}; this model has {list(modes)}')
+    self.mode_name, self.mode = mode, modes[mode]
+    self.variables = jax.device_put(variables, jax.local_devices()[0])
+    protocol = protocols.test_protocol(datasets.test_data(config.data), config.eval)
+    self.size, self.resize = protocol.image_size, protocol.resize
+    self._forward = jax.jit(self._logits)
+
+  @classmethod
+  def from_workdir(cls, workdir: str, *, best: bool = False, step: int | None = None,
+                   mode: str | None = None) -> Predictor:
+    """The latest (or `step`, or the best-by-validation) checkpoint of a training workdir."""
+    subdir = checkpointing.BEST_SUBDIR if best else checkpointing.SUBDIR
+    where = os.path.join(workdir, subdir)
+    if not os.path.isdir(where):
+      raise checkpointing.CheckpointError(f'no checkpoints in {workdir} (expected {where})')
+    ckpts = checkpointing.Checkpoints(workdir, create=False, subdir=subdir)
+    try:
+      available = ckpts.all_steps()
+      step = (available[-1] if available else None) if step is None else step
+      if step not in available:
+        raise checkpointing.CheckpointError(f'no checkpoint for step {step} in {where}; available: {available}')
+      config = ml_collections.ConfigDict(ckpts.saved_config(step))
+      datasets.resolve(config, training=False)
+      template, _ = create_train_state(get_model(config, axis_name=None), config)
+      state = ckpts.restore(step, jax.device_get(template))
+    finally:
+      ckpts.close()
+    return cls(config, parallel.eval_variables(state), mode=mode)
+
+  def _logits(self, variables, support_images, support_labels, query_images):
+    batch = {'support_images': support_images, 'support_labels': support_labels, 'query_images': query_images}
+    outputs = self.method.apply(self.model, variables, batch, train=False, mode=self.mode)
+    return self.method.foreground_logit(outputs)
+
+  def _prepare(self, image: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """(normalised [S, S, 3], mask [S, S], (h, w) of the image's content inside the S x S input)."""
+    label = np.zeros(image.shape[:2], np.uint8) if mask is None else mask
+    if self.resize == 'longer_side_pad':
+      image, label = transforms.resize_longer_side(image, label, self.size)
+      content = label.shape
+      image, label = transforms.pad_to(image, label, self.size)
+    else:
+      image, label = transforms.resize(image, label, self.size)
+      content = (self.size, self.size)
+    return transforms.normalize(image), label, content
+
+  def segment_many(self, queries: Sequence[np.ndarray], supports: Sequence[np.ndarray],
+                   support_masks: Sequence[np.ndarray]) -> list[Prediction]:
+    """Segments every query with the same K supports and masks (numpy uint8 images, any size)."""
+    if not supports or len(supports) != len(support_masks):
+      raise UserError(f'need K >= 1 support images and as many masks, got {len(supports)} and '
+                      f'{len(support_masks)}')
+    shots_img, shots_lab = [], []
+    for k, (image, mask) in enumerate(zip(supports, support_masks)):
+      image, mask = _rgb(image, f'support {k}'), _binary(mask, f'support mask {k}')
+      if image.shape[:2] != mask.shape:
+        raise UserError(f'support {k}: image {image.shape[:2]} and mask {mask.shape} differ in size')
+      im, lab, _ = self._prepare(image, mask)
+      shots_img.append(im)
+      shots_lab.append(lab)
+    rgb = [_rgb(q, f'query {i}') for i, q in enumerate(queries)]
+    prepared = [self._prepare(q, None) for q in rgb]
+    n = len(prepared)
+    logits = np.asarray(self._forward(
+        self.variables, jnp.asarray(np.broadcast_to(np.stack(shots_img), (n, *np.shape(shots_img)))),
+        jnp.asarray(np.broadcast_to(np.stack(shots_lab), (n, *np.shape(shots_lab)))),
+        jnp.asarray(np.stack([p[0] for p in prepared]))))
+    out = []
+    for q, (_, _, (h, w)), logit in zip(rgb, prepared, logits):
+      prob = 1.0 / (1.0 + np.exp(-logit[:h, :w].astype(np.float64)))
+      full = np.asarray(Image.fromarray(prob.astype(np.float32), 'F').resize((q.shape[1], q.shape[0]),
+                                                                            Image.BILINEAR))
+      out.append(Prediction((full >= 0.5).astype(np.uint8), full.astype(np.float32), logit.astype(np.float32)))
+    return out
+
+  def segment(self, query: np.ndarray, supports: Sequence[np.ndarray],
+              support_masks: Sequence[np.ndarray]) -> Prediction:
+    """Segments one query image given K support images and their masks."""
+    return self.segment_many([query], supports, support_masks)[0]
+
+
+def _read(path: str, what: str) -> np.ndarray:
+  if not os.path.isfile(path):
+    raise UserError(f'{what} {path} does not exist')
+  with open(path, 'rb') as f:
+    image = transforms.decode_image(f.read(), f'{what} {path} (not an image?)')
+  return image
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(prog='python -m mmtjax.predict',
+                                   description='Segments query images given support images and masks.')
+  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--support', action='append', required=True, help='IMAGE:MASK (repeat for K shots)')
+  parser.add_argument('--query', action='append', required=True)
+  parser.add_argument('--out', action='append', required=True, help='mask PNG per --query (never overwritten)')
+  parser.add_argument('--best', action='store_true', help='the best-by-validation checkpoint')
+  parser.add_argument('--step', type=int, default=None)
+  args = parser.parse_args(argv)
+  from mmtjax import cli
+  cli.quiet_libraries()
+  cli.run(lambda: _predict_files(args), None)
+
+
+def _predict_files(args) -> None:
+  if len(args.out) != len(args.query):
+    raise UserError(f'give one --out per --query ({len(args.query)} queries, {len(args.out)} outputs)')
+  for out in args.out:
+    if os.path.exists(out):
+      raise UserError(f'--out {out} exists; choose another path (outputs are never overwritten)')
+  supports, masks = [], []
+  for spec in args.support:
+    image, sep, mask = spec.rpartition(':')
+    if not sep or not image:
+      raise UserError(f'--support {spec!r}: expected IMAGE:MASK')
+    supports.append(_read(image, 'support image'))
+    masks.append(_read(mask, 'support mask'))
+  queries = [_read(q, 'query image') for q in args.query]
+  predictor = Predictor.from_workdir(args.workdir, best=args.best, step=args.step)
+  for out, pred in zip(args.out, predictor.segment_many(queries, supports, masks)):
+    tmp = f'{out}.tmp{os.getpid()}.png'
+    Image.fromarray(pred.mask * 255).save(tmp)
+    os.replace(tmp, out)
+    print(f'{out}: {int(pred.mask.sum())} foreground pixels of {pred.mask.size}')
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:])
