@@ -36,7 +36,7 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
   protocol = protocol or protocols.test_protocol(datasets.test_data(config.data), e)
   n_dev = len(devices) if devices else jax.local_device_count()
   per_device = max(1, -(-e.batch_size // n_dev))
-  episodes = episode_lists.test_episodes(split, datasets.test_data(config.data), protocol, config.data.shot)
+  episodes = episode_lists.protocol_episodes(split, datasets.test_data(config.data), protocol, config.data.shot)
   loader = pipeline.EpisodeLoader(split.source, image_size=protocol.image_size, augment='none',
                                   seed=protocol.seed, num_workers=config.data.num_workers,
                                   resize=protocol.resize)

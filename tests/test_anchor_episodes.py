@@ -151,7 +151,7 @@ def test_list_files_bad_input_and_the_report_hash(tmp_path):
   split = datasets.load_split(data, 'test', training=False)
   protocol = protocols.test_protocol(data, ml_collections.ConfigDict(dict(num_episodes=1, seed=0)))
   with pytest.raises(UserError, match='class 3: class has no image other than the query ISIC_0000014'):
-    episodes.test_episodes(split, data, protocol, 1)
+    episodes.protocol_episodes(split, data, protocol, 1)
   # The hash: identical lists hash alike; one support changed changes it.
   eps = [episodes.Episode(1, 0, (1,)), episodes.Episode(2, 2, (3,))]
   lines = episodes.episode_lines(eps, split)
@@ -166,12 +166,12 @@ def test_list_files_bad_input_and_the_report_hash(tmp_path):
   val = datasets.load_split(pascal, 'val', training=False)
   proto = protocols.test_protocol(pascal, ml_collections.ConfigDict(dict(num_episodes=1, seed=0)))
   with pytest.raises(UserError, match=r"replays HSNet's episode list data/splits/pascal/val/fold0.txt"):
-    episodes.test_episodes(val, pascal, proto, 1)
+    episodes.protocol_episodes(val, pascal, proto, 1)
   with open(tmp_path / 'fold0.txt', 'w') as f:
     f.write(''.join(f'{name}__01\n' for name in [*ids[20:24], '2011_003271', '2011_003275']))
   pascal.fold_list = str(tmp_path / 'fold0.txt')
   with pytest.raises(UserError, match=r'names 2 images absent from the built data \(first: 2011_00327[15]\)'):
-    episodes.test_episodes(val, pascal, proto, 1)
+    episodes.protocol_episodes(val, pascal, proto, 1)
   out = tmp_path / 'exists.jsonl'
   out.write_text('keep me')
   with pytest.raises(SystemExit):

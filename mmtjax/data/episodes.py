@@ -261,7 +261,7 @@ def _write_list(args) -> None:
     data.test_split = datasets.defaults(args.dataset, args.fold)['test_split']
   split = datasets.load_split(data, data.test_split, training=False)
   protocol = protocols.test_protocol(data, ml_collections.ConfigDict(dict(num_episodes=args.num_episodes, seed=0)))
-  lines = episode_lines(test_episodes(split, data, protocol, args.shot), split)
+  lines = episode_lines(protocol_episodes(split, data, protocol, args.shot), split)
   tmp = f'{args.out}.tmp{os.getpid()}'
   with open(tmp, 'w') as f:
     f.write(list_text(lines))
@@ -269,7 +269,7 @@ def _write_list(args) -> None:
   print(f'{len(lines)} episodes -> {args.out} (sha256 {list_sha256(lines)})')
 
 
-def test_episodes(split, data, protocol, shot: int) -> list[Episode]:
+def protocol_episodes(split, data, protocol, shot: int) -> list[Episode]:
   """The test episodes of a protocol (protocols.Protocol) on a split."""
   if protocol.order == 'anchors':
     return anchor_episodes(split, data, shot, protocol.num_episodes)
