@@ -67,16 +67,11 @@ class Fss1000(raw.RawBuilder):
     folders = [d for d in raw._subdirs(path) if d in known]
     return 0 if any(_is_pair_folder(os.path.join(path, d)) for d in folders[:20]) else None
 
-  def find_root(self, manual_dir):
-    try:
-      return super().find_root(manual_dir)
-    except raw.RawDataError as e:
-      if 'no data root' not in str(e):
-        raise
-      raise raw.RawDataError(
-          f'fss1000: no folder at or up to {self.SEARCH_DEPTH} levels below {manual_dir} holds class '
-          f'folders named as in FSS-1000 (e.g. {published_classes("test")[0]}/1.jpg with 1.png); '
-          f'download fewshot_data.zip from {self.DOWNLOAD_PAGE}') from None
+  def no_root_message(self, top, seen):
+    del seen
+    return (f'fss1000: no folder at or up to {self.SEARCH_DEPTH} levels below {top} holds class '
+            f'folders named as in FSS-1000 (e.g. {published_classes("test")[0]}/1.jpg with 1.png); '
+            f'download fewshot_data.zip from {self.DOWNLOAD_PAGE}')
 
   def items(self, root, split):
     present = set(raw._subdirs(root))

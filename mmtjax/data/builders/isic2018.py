@@ -63,8 +63,6 @@ class Isic2018(raw.RawBuilder):
   # PATNet's class folders first: a tree that has them is read as PATNet reads it.
   LAYOUTS = ((f'{IMAGES}/1', f'{IMAGES}/2', f'{IMAGES}/3', MASKS), (IMAGES, MASKS))
   CLASS_NAMES = CLASS_NAMES
-  _manual_top: str | None = None
-
   def _class_list_path(self, root: str) -> str:
     if self.class_list:
       path = os.path.expanduser(self.class_list)
@@ -72,17 +70,13 @@ class Isic2018(raw.RawBuilder):
         raise raw.RawDataError(f'isic2018: data.class_list {path} is not a file; get PATNet\'s class list '
                                f'from {PATNET}')
       return path
-    for folder in (root, os.path.dirname(root), os.fspath(self._manual_top or root)):
+    for folder in (root, os.path.dirname(root), self.manual_top or root):
       if os.path.isfile(os.path.join(folder, CLASS_LIST)):
         return os.path.join(folder, CLASS_LIST)
     raise raw.RawDataError(
         f'isic2018: the images in {os.path.join(root, IMAGES)} are not sorted into the class folders '
         f'1/2/3 and no {CLASS_LIST} was found in {root}; get PATNet\'s class list from {PATNET} and put '
         f'it there, or pass --config.data.class_list=PATH')
-
-  def find_root(self, manual_dir):
-    self._manual_top = manual_dir and os.path.abspath(os.path.expanduser(manual_dir))
-    return super().find_root(manual_dir)
 
   def _labelled_images(self, root: str, split: str) -> list[tuple[str, str, int]]:
     """(image id, image path, class id) of every labelled image, in class and file-name order."""

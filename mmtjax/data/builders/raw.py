@@ -221,6 +221,7 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
     super().__init__(*args, **kwargs)
     self.build_report: dict[str, dict] = {}
     self.layout = 0  # Index into LAYOUTS of the layout found (set by find_root).
+    self.manual_top: str | None = None  # The manual dir find_root searched (absolute).
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -254,7 +255,7 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
     if not manual_dir:
       raise RawDataError(f'{name}: the raw data is not built yet and no manual dir was given '
                          f'(--config.data.manual_dir); download it from {self.DOWNLOAD_PAGE}')
-    top = os.path.abspath(os.path.expanduser(manual_dir))
+    top = self.manual_top = os.path.abspath(os.path.expanduser(manual_dir))
     if not os.path.isdir(top):
       raise RawDataError(f'{name}: missing {top} (the manual dir: the folder you unpacked the download '
                          f'into); download from {self.DOWNLOAD_PAGE}')
@@ -271,16 +272,21 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
       if depth == self.SEARCH_DEPTH:
         break
       level = [os.path.join(p, d) for p in level for d in _subdirs(p)][:2000]
+    raise RawDataError(self.no_root_message(top, seen))
+
+  def no_root_message(self, top: str, seen: list[str]) -> str:
+    """What find_root says when no folder at or below `top` (`seen`: the folders looked at) is a root."""
     wanted = ' or '.join('{' + ', '.join(rel) + '}' for rel in self.LAYOUTS if rel)
     best = max(((len(rel) - len(_missing(p, rel)), p, rel) for p in seen for rel in self.LAYOUTS if rel),
                default=(0, None, ()))
     hint = ''
     if best[0]:
-      hint = (f'; nearest match: {best[1]} has {", ".join(r for r in best[2] if r not in _missing(best[1], best[2]))}'
-              f' but lacks {", ".join(_missing(best[1], best[2]))}')
-    raise RawDataError(f'{name}: no data root at or up to {self.SEARCH_DEPTH} levels below {top}: looked for '
-                       f'a folder holding {wanted}{hint} (layout: the {name} builder docstring); download '
-                       f'from {self.DOWNLOAD_PAGE}')
+      missing = _missing(best[1], best[2])
+      hint = (f'; nearest match: {best[1]} has {", ".join(r for r in best[2] if r not in missing)}'
+              f' but lacks {", ".join(missing)}')
+    return (f'{self.name}: no data root at or up to {self.SEARCH_DEPTH} levels below {top}: looked for '
+            f'a folder holding {wanted}{hint} (layout: the {self.name} builder docstring); download '
+            f'from {self.DOWNLOAD_PAGE}')
 
   # Building ---------------------------------------------------------------------------------
 
