@@ -1,40 +1,102 @@
-r"""Evaluates a checkpoint on the config's fixed, seeded test episodes.
+r"""Evaluates a checkpoint on fixed, seeded test episodes: one dataset, or a sweep.
 
   python evaluate.py --config configs/default.py --workdir /tmp/mmt
-  python evaluate.py --config configs/default.py --workdir /tmp/mmt --step 400
-  python evaluate.py --config configs/default.py --workdir /tmp/mmt --best
+  python evaluate.py --config configs/default.py --workdir /tmp/mmt --step 400 --save_predictions 8
+  python evaluate.py --config configs/default.py --workdir /tmp/mmt --best --shots 1,5 --seeds 0,1,2
+  python evaluate.py --config configs/patnet.py --workdir W --suite patnet --shots 1,5 \
+      --manual_dir deepglobe=~/data/Deepglobe --manual_dir isic2018=~/data/ISIC
+  python evaluate.py --config configs/default.py --workdir 'runs/mmt_seed{seed}' --seeds 0,1,2
 
-Prints mIoU, FB-IoU and per-class IoU with the memory transfer on and off,
-and writes the same table as JSON (--output, default
-<workdir>/eval_<latest|best>_step<N>_<split>_<K>shot_<protocol>.json; an
-existing report is never replaced: a .1, .2, ... suffix is added).
+--datasets / --suite (patnet: Deepglobe, ISIC2018, Chest X-ray, FSS-1000)
+test on each dataset with its published protocol; --seeds set the test
+episodes' seed, or with '{seed}' in --workdir pick one training run per seed.
+A dataset that is not built and has no --manual_dir is skipped and named.
+Every eval mode is a row (MMT: memory transfer on and off), with mean ± std
+over seeds. k-shot: the model's own path, or HSNet's vote with
+--config.eval.kshot=vote.
+
+Prints the tables and writes to the workdir (an existing file is never
+replaced: a .1, .2, ... suffix is added): the JSON report (every number and
+the config), the same table in Markdown (.md), per-class IoU bars per
+dataset, the memory picture (MMT) and, with --save_predictions N, N episode
+panels per dataset, shot and eval mode.
 """
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from mmtjax import cli, distributed
-from mmtjax.eval_lib import evaluate, format_report
+from mmtjax import cli, distributed, reports
+from mmtjax.errors import UserError
+from mmtjax.eval_lib import format_report, sweep
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file[:args].', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Training directory holding checkpoints/.')
+_WORKDIR = flags.DEFINE_string('workdir', None, "Training directory holding checkpoints/ ('{seed}' in it: one "
+                               'run per --seeds value).')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: latest).')
 _BEST = flags.DEFINE_bool('best', False, 'Evaluate the best-by-validation checkpoint '
                           '(<workdir>/checkpoints_best) instead of the latest.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Where to write the JSON report.')
+_DATASETS = flags.DEFINE_list('datasets', None, 'Test datasets, e.g. deepglobe,isic2018 (default: the '
+                              "config's test dataset).")
+_SUITE = flags.DEFINE_enum('suite', None, list(reports.SUITES), 'A named set of test datasets: patnet = '
+                           'deepglobe, isic2018, chest_xray, fss1000.')
+_SHOTS = flags.DEFINE_list('shots', None, "Shot counts, e.g. 1,5 (default: the config's data.shot).")
+_SEEDS = flags.DEFINE_list('seeds', None, "Seeds, e.g. 0,1,2 (default: the protocol's own); mean ± std over them.")
+_MANUAL_DIR = flags.DEFINE_multi_string('manual_dir', [], 'NAME=PATH: the raw files of a test dataset not '
+                                        'built yet (repeatable).')
+_SAVE_PREDICTIONS = flags.DEFINE_integer('save_predictions', 0, 'Write PNG panels of the first N test '
+                                         'episodes per dataset, shot and eval mode.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _integers(values, flag: str) -> list[int] | None:
+  if not values:
+    return None
+  try:
+    return [int(v) for v in values]
+  except ValueError:
+    raise UserError(f'--{flag} takes comma-separated integers, e.g. 1,5; got {",".join(values)}') from None
+
+
+def _manual_dirs(values) -> dict[str, str]:
+  out = {}
+  for v in values:
+    name, sep, path = v.partition('=')
+    if not sep or not name or not path:
+      raise UserError(f'--manual_dir takes NAME=PATH (e.g. deepglobe=~/data/Deepglobe), got {v!r}')
+    out[name] = path
+  return out
+
+
+def _run():
+  if _SUITE.value and _DATASETS.value:
+    raise UserError('give --suite or --datasets, not both')
+  names = list(reports.SUITES[_SUITE.value]) if _SUITE.value else _DATASETS.value
+  if _SAVE_PREDICTIONS.value < 0:
+    raise UserError('--save_predictions must be >= 0')
+  return sweep(_CONFIG.value, _WORKDIR.value, test_datasets=names, shots=_integers(_SHOTS.value, 'shots'),
+               seeds=_integers(_SEEDS.value, 'seeds'), manual_dirs=_manual_dirs(_MANUAL_DIR.value),
+               step=_STEP.value, best=_BEST.value, output=_OUTPUT.value,
+               save_predictions=_SAVE_PREDICTIONS.value, label=_SUITE.value)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.run(distributed.maybe_initialize, _WORKDIR.value)
-  report = cli.run(lambda: evaluate(_CONFIG.value, _WORKDIR.value, step=_STEP.value,
-                                    output=_OUTPUT.value, best=_BEST.value), _WORKDIR.value)
-  print(format_report(report))
-  for key, what in (('report_path', 'report'), ('memory_picture', 'memory picture')):
+  report = cli.run(_run, _WORKDIR.value)
+  if report.get('kind') == 'sweep':
+    for s in report['skipped']:
+      print(f"skipped {s['dataset']}: {s['reason']}")
+    print(reports.terminal_table(report['summary'], report['method']))
+  else:
+    print(format_report(report))
+  for key, what in (('report_path', 'report'), ('markdown_path', 'markdown table'),
+                    ('memory_picture', 'memory picture')):
     if report.get(key):
       print(f'{what}: {report[key]}')
+  if report.get('pictures'):
+    print(f"pictures: {len(report['pictures'])} PNG files, e.g. {report['pictures'][0]}")
 
 
 if __name__ == '__main__':

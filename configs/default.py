@@ -90,7 +90,9 @@ def _shared(config: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict
       checkpoint_every=500,
       max_to_keep=2,
       eval_every=1000,            # validation mIoU -> checkpoints_best/ (0: off)
+      log_panels=3,               # prediction panels per validation and test, in TensorBoard (0: none)
   )
   # Test episodes use `seed`; validation episodes use seed + 1.
-  config.eval = dict(num_episodes=300, batch_size=16, seed=0, val_episodes=100)
+  # kshot: 'model' (the method's own k-shot path) or 'vote' (HSNet's vote of k 1-shot predictions).
+  config.eval = dict(num_episodes=300, batch_size=16, seed=0, val_episodes=100, kshot='model')
   return ml_collections.ConfigDict(config)

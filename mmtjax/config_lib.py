@@ -59,6 +59,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       (t.optimizer in ('sgd', 'adamw'), "train.optimizer must be 'sgd' or 'adamw'"),
       (e.num_episodes >= 1, 'eval.num_episodes must be >= 1'),
       (e.batch_size >= 1, 'eval.batch_size must be >= 1'),
+      (e.get('kshot', 'model') in ('model', 'vote'),
+       f"eval.kshot must be 'model' (the method's own k-shot path) or 'vote' (HSNet's), got {e.get('kshot')!r}"),
       (e.val_episodes >= 1 or t.eval_every == 0, 'eval.val_episodes must be >= 1 (or train.eval_every=0)'),
       (config.compute_dtype in ('float32', 'bfloat16'), "compute_dtype must be 'float32' or 'bfloat16'"),
   ]

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import itertools
 import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from mmtjax import checkpointing, config_lib, methods, metrics, parallel, visualize
+from mmtjax import checkpointing, config_lib, methods, metrics, parallel, reports, visualize
 from mmtjax.data import datasets, pipeline, protocols
 from mmtjax.data import episodes as episode_lists
 from mmtjax.errors import UserError
@@ -30,10 +34,17 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
   variables: replicated {'params', 'batch_stats', 'memory'} over `devices`
   (default: the local devices). Defaults: the config's test split, its test
   protocol (data.protocol) and the method's `eval_modes` (row name -> the
-  module's test-time keyword arguments).
+  module's test-time keyword arguments). k-shot episodes use the method's own
+  k-shot path or HSNet's vote, as config.eval.kshot says.
+
+  The report's timing separates the first batch (it compiles the steps) from
+  the rest: episodes_per_s counts the later batches, data loading included;
+  host_wait_share is the share of their time the device waited on the host
+  (for the next batch, or for original-resolution scoring).
   """
   e = config.eval
   protocol = protocol or protocols.test_protocol(datasets.test_data(config.data), e)
+  kshot = e.get('kshot', 'model')
   n_dev = len(devices) if devices else jax.local_device_count()
   per_device = max(1, -(-e.batch_size // n_dev))
   episodes = episode_lists.protocol_episodes(split, datasets.test_data(config.data), protocol, config.data.shot)
@@ -47,13 +58,12 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
   cache = {} if step_cache is None else step_cache
   steps = {}
   for name, mode in modes.items():
-    key = (name, tuple(sorted(mode.items())), output)
+    key = (name, tuple(sorted(mode.items())), output, kshot)
     if key not in cache:
-      cache[key] = parallel.make_eval_step(method, model, mode, devices, output)
+      cache[key] = parallel.make_eval_step(method, model, mode, devices, output, kshot)
     steps[name] = cache[key]
   meters = {name: metrics.SegmentationMeter() for name in modes}
   hist_totals: dict[str, dict[str, np.ndarray]] = {name: {} for name in modes}
-  start = time.time()
   # Multi-process: every process scores its own slice of each global batch.
   batches = pipeline.eval_batches(loader, episodes, (n_dev, per_device), jax.process_index(),
                                   jax.process_count())
@@ -61,7 +71,17 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
   def put(b):
     return b, parallel.shard({k: v for k, v in b.items() if k != 'original_labels'}, devices)
 
-  for host, batch in pipeline.prefetch(batches, put):
+  start = time.perf_counter()
+  first_batch_s = waited = scoring = 0.0
+  ready = iter(pipeline.prefetch(batches, put))
+  for n_batch in itertools.count():
+    t0 = time.perf_counter()
+    item = next(ready, None)
+    if n_batch:
+      waited += time.perf_counter() - t0
+    if item is None:
+      break
+    host, batch = item
     valid = np.asarray(host['valid']).reshape(-1).astype(bool)
     for name, step in steps.items():
       out, hists = step(variables, batch)
@@ -70,21 +90,84 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
         h = parallel.local_array(h).reshape(valid.size, -1)[valid].sum(axis=0)
         hist_totals[name][key] = hist_totals[name].get(key, 0) + h
       if protocol.original_resolution:
+        t1 = time.perf_counter()
         out = np.stack([metrics.original_resolution_counts(d, m) for d, m in
                         zip(out.reshape(-1, *out.shape[2:]), host['original_labels'])])
+        scoring += (time.perf_counter() - t1) if n_batch else 0.0
       meters[name].add(host['class_id'], out, host['valid'])
+    if not n_batch:
+      first_batch_s = time.perf_counter() - start
+  total = time.perf_counter() - start
   for m in meters.values():
     m.merge_processes(sorted({e.class_id for e in episodes}))  # the anchors' lists may hold other classes
   results = {name: m.result() for name, m in meters.items()}
   for name, totals in hist_totals.items():
-    for key, total in totals.items():  # e.g. how many target images chose each memory item
-      total = metrics.merge_process_sums(np.asarray(total, np.int64))
-      results[name][key] = [int(v) for v in total]
+    for key, total_counts in totals.items():  # e.g. how many target images chose each memory item
+      total_counts = metrics.merge_process_sums(np.asarray(total_counts, np.int64))
+      results[name][key] = [int(v) for v in total_counts]
   dataset = config.data.dataset if split_name else datasets.test_data(config.data).dataset
+  steady = total - first_batch_s
+  later = max(0, len(episodes) - n_dev * per_device * jax.process_count())
+  timing = {'seconds': round(total, 2), 'first_batch_s': round(first_batch_s, 2),
+            'episodes_per_s': round(later / steady, 2) if later and steady > 0 else None,
+            'input_wait_s': round(waited, 3), 'host_scoring_s': round(scoring, 3),
+            'host_wait_share': round((waited + scoring) / steady, 4) if later and steady > 0 else None}
   return {'dataset': dataset, 'split': split_name or config.data.test_split, 'shot': config.data.shot,
-          'protocol': protocol.name, 'num_episodes': len(episodes),
+          'protocol': protocol.name, 'seed': protocol.seed, 'kshot': kshot, 'num_episodes': len(episodes),
           'episodes_sha256': episode_lists.list_sha256(episode_lists.episode_lines(episodes, split)),
-          'seconds': round(time.time() - start, 2), 'results': results}
+          **timing, 'results': results}
+
+
+def prediction_panels(model, variables: Any, config: ml_collections.ConfigDict, split: datasets.SplitData,
+                      protocol: protocols.Protocol, count: int, directory: str | None = None,
+                      prefix: str = '', step_cache: dict | None = None) -> list[tuple[str, Any]]:
+  """Panels (visualize.episode_panel) of the first `count` test episodes, one per eval mode.
+
+  variables: host (unreplicated). The prediction is the evaluation's own (the
+  same eval step, in 'logits' output), shown and scored at the model's input
+  size; the panel's IoU is the episode's foreground IoU there. Returns
+  [(name, PIL image)]; with `directory`, also written there as
+  <prefix>_<mode>_episode<i>.png (the names are then those paths).
+  """
+  episodes = episode_lists.protocol_episodes(split, datasets.test_data(config.data), protocol,
+                                             config.data.shot)[:count]
+  if not episodes:
+    return []
+  loader = pipeline.EpisodeLoader(split.source, image_size=protocol.image_size, augment='none',
+                                  seed=protocol.seed, num_workers=config.data.num_workers,
+                                  resize=protocol.resize)
+  device = jax.local_devices()[:1]
+  batch = loader.batch(episodes, [(-1, i) for i in range(len(episodes))], (1, len(episodes)))
+  batch.pop('original_labels', None)
+  method = methods.for_config(config)
+  kshot = config.eval.get('kshot', 'model')
+  replicated = parallel.replicate(variables, device)
+  cache = {} if step_cache is None else step_cache
+  if directory:
+    os.makedirs(directory, exist_ok=True)
+  out = []
+  for name, mode in method.eval_modes.items():
+    key = ('panels', name, tuple(sorted(mode.items())), kshot)
+    if key not in cache:
+      cache[key] = parallel.make_eval_step(method, model, mode, device, 'logits', kshot)
+    logits, _ = cache[key](replicated, parallel.shard(batch, device))
+    labels = batch['query_labels'][0]
+    pred = np.asarray(metrics.episode_prediction(parallel.local_array(logits)[0], labels.shape[1:3]))
+    counts = metrics.prediction_counts(pred, labels)
+    for i, ep in enumerate(episodes):
+      supports = [(visualize.display_image(im), m) for im, m in
+                  zip(batch['support_images'][0, i], batch['support_labels'][0, i])]
+      iou = 100.0 * counts[i, 0] / max(counts[i, 1], 1)
+      title = (f'{split.dataset}/{split.name} episode {i}, class {split.class_name(ep.class_id)}, '
+               f'{config.data.shot}-shot, {name}: IoU {iou:.1f}')
+      image = visualize.episode_panel(supports, visualize.display_image(batch['query_images'][0, i]),
+                                      labels[i], pred[i], title)
+      where = f'{name}/episode{i:03d}'
+      if directory:
+        where = os.path.join(directory, f'{prefix}_{name}_episode{i:03d}.png')
+        image.save(where, format='PNG')
+      out.append((where, image))
+  return out
 
 
 def style_memory_bank(variables: Any) -> dict | None:
@@ -130,7 +213,8 @@ def format_report(report: dict) -> str:
   modes = list(report['results'])
   classes = sorted({c for m in modes for c in report['results'][m]['per_class']}, key=int)
   head = f"{'mode':<11} {'mIoU':>6} {'FB-IoU':>7} " + ' '.join(f'{"c" + c:>6}' for c in classes)
-  lines = [f"{report['split']}, {report['shot']}-shot, {report['num_episodes']} episodes", head]
+  kshot = ', HSNet vote' if report.get('kshot') == 'vote' and report['shot'] > 1 else ''
+  lines = [f"{report['split']}, {report['shot']}-shot{kshot}, {report['num_episodes']} episodes", head]
   for m in modes:
     r = report['results'][m]
     cells = ' '.join(f"{r['per_class'].get(c, float('nan')):6.1f}" for c in classes)
@@ -141,6 +225,10 @@ def format_report(report: dict) -> str:
         used = sum(1 for c in counts if c)
         lines.append(f'{m}: images per memory item ({key[len("memory_item_"):]}): {counts} '
                      f'({used} of {len(counts)} items used)')
+  if report.get('episodes_per_s'):
+    lines.append(f"time: {report['seconds']:.1f} s ({report['first_batch_s']:.1f} s for the first batch, which "
+                 f"compiles); then {report['episodes_per_s']:.1f} episodes/s, data loading included; the device "
+                 f"waited on the host {100 * report['host_wait_share']:.1f}% of that time")
   return '\n'.join(lines)
 
 
@@ -215,9 +303,36 @@ def _restore_for_eval(workdir: str, subdir: str, step: int | None, config, templ
 def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None,
              output: str | None = None, best: bool = False) -> dict:
   """Restores a checkpoint of `workdir` (latest, `step`, or the best-by-validation one) and
-  evaluates it on the config's test episodes."""
-  datasets.resolve(config, training=False)
-  config_lib.validate(config)
+  evaluates it on the config's test episodes: `sweep` with one dataset, shot count and seed."""
+  return sweep(config, workdir, step=step, output=output, best=best)
+
+
+def _target_config(config: ml_collections.ConfigDict, name: str, manual_dir: str | None
+                   ) -> ml_collections.ConfigDict:
+  """A copy of the config testing on dataset `name` (its own split and protocol unless it is
+  the config's test dataset already), read from `manual_dir` when given."""
+  cfg = copy.deepcopy(config)
+  with cfg.unlocked():
+    d = cfg.data
+    if name != datasets.test_data(d).dataset:
+      d.test_dataset, d.test_split, d.protocol = name, None, None
+    if manual_dir:
+      d.test_dataset, d.test_manual_dir = name, manual_dir
+    datasets.resolve(cfg, training=False)
+  return cfg
+
+
+def _not_ready(cfg: ml_collections.ConfigDict) -> str | None:
+  """Why the test dataset of `cfg` cannot run now (not built and no raw files given), or None."""
+  data = datasets.test_data(cfg.data)
+  if data.get('manual_dir') or datasets.is_prepared(data):
+    return None
+  return (f'{data.dataset} is not built in {data.get("data_dir") or "the default TFDS data dir"}; build it '
+          f'once with --manual_dir {data.dataset}=PATH (its raw files; README: Datasets)')
+
+
+def _restore(workdir: str, config, best: bool, step: int | None):
+  """(step, model, host variables) of a workdir's checkpoint."""
   subdir = checkpointing.BEST_SUBDIR if best else checkpointing.SUBDIR
   ckpt_dir = os.path.join(workdir, subdir)
   if not os.path.isdir(ckpt_dir):
@@ -225,18 +340,175 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | Non
   model = get_model(config, axis_name=parallel.AXIS)
   template, _ = create_train_state(model, config)
   step, state = _restore_for_eval(workdir, subdir, step, config, jax.device_get(template))
-  split = datasets.load_split(datasets.test_data(config.data), config.data.test_split, training=False)
-  logging.info('evaluating step %d on %s', step, config.data.test_split)
-  report = evaluate_variables(model, parallel.replicate(parallel.eval_variables(state)), config, split)
-  report['step'] = step
-  report['checkpoint'] = subdir
-  if jax.process_index() == 0:
-    kind = 'best' if best else 'latest'
-    report['report_path'] = write_report(report, output or os.path.join(workdir, report_name(report, kind)))
+  return step, model, parallel.eval_variables(state)
+
+
+def _parse_seeds(seeds, protocol_seed: int) -> list[int]:
+  return list(seeds) if seeds else [protocol_seed]
+
+
+def sweep(config: ml_collections.ConfigDict, workdir: str, *, test_datasets: list[str] | None = None,
+          shots: list[int] | None = None, seeds: list[int] | None = None,
+          manual_dirs: dict[str, str] | None = None, step: int | None = None, best: bool = False,
+          output: str | None = None, save_predictions: int = 0, label: str | None = None) -> dict:
+  """Evaluates a checkpoint on several test datasets, shot counts and seeds.
+
+  Each dataset is tested with its own split and published protocol (unless
+  it is the config's test dataset: then the config's fields hold). Seeds
+  replace the protocol's episode seed (the anchors' lists: HSNet's
+  fix_randseed(seed)); when `workdir` holds '{seed}', they select one
+  training run per seed instead (each tested on the protocol's own
+  episodes). Every eval mode of the method (MMT: memory transfer on and off)
+  is a row. Datasets not built and without raw files are skipped, each
+  named in `skipped` with how to build it; the others run.
+
+  Writes to the workdir (never replacing a file): the JSON report, a
+  Markdown table of the same numbers (reports.markdown), per-class IoU bars
+  per dataset and shot, the memory picture (MMT), and with
+  `save_predictions` N, N episode panels per dataset, shot and eval mode.
+  Returns the report: with one dataset, shot and seed, the run's report;
+  otherwise {'runs': [...], 'summary': [...], 'skipped': [...], ...}.
+  """
+  datasets.resolve(config, training=False)
+  config_lib.validate(config)
+  manual_dirs = dict(manual_dirs or {})
+  names = list(test_datasets or [datasets.test_data(config.data).dataset])
+  for name in [*names, *manual_dirs]:
+    if name not in datasets.DATASETS:
+      raise UserError(f'unknown dataset {name!r}; available: {list(datasets.DATASETS)}')
+  stray = sorted(set(manual_dirs) - set(names))
+  if stray:
+    raise UserError(f'--manual_dir names {stray}, which this evaluation does not test ({names})')
+  shots = list(shots or [config.data.shot])
+  if min(shots) < 1:
+    raise UserError(f'shot counts must be >= 1, got {shots}')
+  per_run = '{seed}' in workdir
+  if per_run and not seeds:
+    raise UserError(f'--workdir {workdir} holds {{seed}}: give the training seeds with --seeds, e.g. 0,1,2')
+  targets, skipped = {}, []
+  for name in names:
+    cfg = _target_config(config, name, manual_dirs.get(name))
+    why = _not_ready(cfg)
+    if why:
+      skipped.append({'dataset': name, 'reason': why})
+    else:
+      targets[name] = cfg
+  restored = {}
+
+  def checkpoint(seed):  # (step, model, host variables, replicated variables) of the seed's run.
+    where = workdir.format(seed=seed) if per_run else workdir
+    if where not in restored:
+      s, model, host = _restore(where, config, best, step)
+      restored[where] = (s, model, host, parallel.replicate(host))
+    return where, restored[where]
+
+  runs, pictures, cache = [], [], {}
+  kind = 'best' if best else 'latest'
+  first_where, (first_step, *_) = checkpoint(seeds[0] if per_run else None)
+  for name, cfg in targets.items():
+    try:
+      split = datasets.load_split(datasets.test_data(cfg.data), cfg.data.test_split, training=False)
+    except UserError as e:
+      if len(names) == 1:
+        raise
+      skipped.append({'dataset': name, 'reason': str(e)})
+      continue
+    for shot in shots:
+      with cfg.unlocked():
+        cfg.data.shot = shot
+      protocol = protocols.test_protocol(datasets.test_data(cfg.data), cfg.eval)
+      for seed in _parse_seeds(seeds, protocol.seed):
+        where, (s, model, host, replicated) = checkpoint(seed)
+        chosen = protocol if per_run else dataclasses.replace(protocol, seed=seed)
+        logging.info('evaluating %s step %d on %s/%s, %d-shot, seed %d', where, s, name,
+                     cfg.data.test_split, shot, seed)
+        run = evaluate_variables(model, replicated, cfg, split, protocol=chosen, step_cache=cache)
+        run.update(step=s, checkpoint=os.path.join(where, checkpointing.BEST_SUBDIR if best
+                                                    else checkpointing.SUBDIR), episode_seed=chosen.seed,
+                   seed=seed)
+        runs.append(run)
+  if not runs:
+    raise UserError('nothing was evaluated: ' + '; '.join(f"{x['dataset']}: {x['reason']}" for x in skipped))
+  single = len(runs) == 1 and not skipped
+  method = config.model.name
+  if single:
+    report = runs[0]
+    report['checkpoint'] = os.path.basename(report['checkpoint'])
+    report['config'] = checkpointing.config_to_dict(targets[report['dataset']])
+  else:
+    summary = reports.summarize(runs)
+    report = {'kind': 'sweep', 'method': method, 'checkpoint': kind, 'workdir': workdir, 'step': first_step,
+              'datasets': names, 'shots': shots, 'seeds': sorted({r['seed'] for r in runs}),
+              'seeds_vary': 'training runs' if per_run else 'test episodes',
+              'kshot': config.eval.get('kshot', 'model'),
+              'std': f'sample standard deviation over seeds (numpy std, ddof={reports.STD_DDOF})',
+              'summary': summary, 'skipped': skipped, 'runs': runs, 'config': checkpointing.config_to_dict(config)}
+  if jax.process_index() != 0:
+    return report
+  # One run: its workdir; training runs per seed: the folder holding them all.
+  directory = os.path.commonpath([os.path.abspath(w) for w in restored]) if per_run else first_where
+  if single:
+    path = output or os.path.join(directory, report_name(report, kind))
+  else:
+    seeds_part = '+'.join(str(x) for x in report['seeds'])
+    path = output or os.path.join(directory, f"eval_{kind}_step{first_step}_{label or '+'.join(names)}_"
+                                             f"{'+'.join(str(k) for k in shots)}shot_seeds{seeds_part}.json")
+  report['report_path'] = write_report(report, path)
+  stem = os.path.splitext(report['report_path'])[0]
+  caption = (f"{reports.METHOD_NAMES.get(method, method)}, {kind} checkpoint, step {first_step}; "
+             f"seeds {sorted({r['seed'] for r in runs})} ({'training runs' if per_run else 'test episodes'}); "
+             f"k-shot: {config.eval.get('kshot', 'model')}; protocols: "
+             + ', '.join(f"{n} {r['protocol']}" for n, r in {r['dataset']: r for r in runs}.items())
+             + ''.join(f"; not evaluated: {x['dataset']} ({x['reason']})" for x in skipped) + '.')
+  report['markdown_path'] = write_text(stem + '.md', reports.markdown(reports.summarize(runs), method, caption))
+  panels = unused_path(stem + '_predictions')
+  for name, cfg in targets.items():
+    done = [r for r in runs if r['dataset'] == name]
+    if not done:
+      continue
+    split = datasets.load_split(datasets.test_data(cfg.data), cfg.data.test_split, training=False)
+    for shot in shots:
+      pictures.append(class_bars(stem, split, [r for r in done if r['shot'] == shot], method))
+      if save_predictions > 0:
+        with cfg.unlocked():
+          cfg.data.shot = shot
+        _, (_, model, host, _) = checkpoint(seeds[0] if per_run else None)
+        protocol = protocols.test_protocol(datasets.test_data(cfg.data), cfg.eval)
+        protocol = dataclasses.replace(protocol, seed=done[0]['episode_seed'])
+        pictures += [path for path, _ in prediction_panels(model, host, cfg, split, protocol, save_predictions,
+                                                             panels, f'{name}_{shot}shot', cache)]
+    _, (_, model, host, _) = checkpoint(seeds[0] if per_run else None)
     source = datasets.load_split(config.data, config.data.train_split, training=False)
-    picture = memory_picture(model, parallel.eval_variables(state), config,
-                             unused_path(os.path.splitext(report['report_path'])[0] + '_memory.png'),
-                             source, split)
+    picture = memory_picture(model, host, cfg, unused_path(f'{stem}_{name}_memory.png' if not single else
+                                                           f'{stem}_memory.png'), source, split)
     if picture:
       report['memory_picture'] = picture
+  report['pictures'] = [p for p in pictures if p]
   return report
+
+
+def class_bars(stem: str, split: datasets.SplitData, runs: Sequence[dict], method: str) -> str | None:
+  """Per-class IoU bars of the runs' first eval mode, averaged over their seeds; returns the path."""
+  if not runs:
+    return None
+  mode = next(iter(runs[0]['results']))
+  classes = sorted({c for r in runs for c in r['results'][mode]['per_class']}, key=int)
+  ious = [float(np.mean([r['results'][mode]['per_class'][c] for r in runs if c in r['results'][mode]['per_class']]))
+          for c in classes]
+  run = runs[0]
+  path = unused_path(f"{stem}_{run['dataset']}_{run['shot']}shot_classes.png")
+  visualize.class_iou_png(path, [split.class_name(int(c)) for c in classes], ious,
+                          f"{reports.METHOD_NAMES.get(method, method)} ({mode}), {run['dataset']}/{run['split']}, "
+                          f"{run['shot']}-shot, {len(runs)} seed(s): per-class IoU, line = mIoU",
+                          mean=float(np.mean([r['results'][mode]['miou'] for r in runs])))
+  return path
+
+
+def write_text(path: str, text: str) -> str:
+  """Writes a text file atomically (never replacing one); returns where it wrote."""
+  path = unused_path(path)
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+  return path

@@ -10,20 +10,46 @@ from jax.experimental import multihost_utils
 from mmtjax import ops
 
 
+def episode_prediction(logits: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """Boolean foreground [B, H, W] at `size` from logits [B, h, w, 2] (resized bilinearly, then
+  argmax), or from K 1-shot predictions [B, K, h, w, 2] combined by HSNet's vote (`vote`)."""
+  logits = logits.astype(jnp.float32)
+  if logits.ndim == 5:
+    b, k = logits.shape[:2]
+    per_shot = ops.resize_features(logits.reshape(b * k, *logits.shape[2:]), size)
+    return vote(jnp.argmax(per_shot, axis=-1).reshape(b, k, *size) == 1, jnp)
+  return jnp.argmax(ops.resize_features(logits, size), axis=-1) == 1
+
+
 def episode_counts(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """[B, 4] int32 (fg intersection, fg union, bg intersection, bg union) per episode.
 
-  Logits [B, h, w, 2] are resized bilinearly to the labels [B, H, W]; 255
-  pixels are ignored.
+  The prediction (`episode_prediction`) is made at the labels' size [B, H, W];
+  255 pixels are ignored.
   """
-  logits = ops.resize_features(logits.astype(jnp.float32), labels.shape[1:3])
-  pred = jnp.argmax(logits, axis=-1)
+  pred = episode_prediction(logits, labels.shape[1:3])
+  return prediction_counts(pred, labels, jnp).astype(jnp.int32)
+
+
+def prediction_counts(pred, labels, xp=np):
+  """[..., 4] (fg intersection, fg union, bg intersection, bg union) of boolean foreground
+  predictions [..., H, W] against labels in {0, 1, 255} (255 ignored); numpy or jax.numpy (xp)."""
   valid = labels != ops.IGNORE_LABEL
   out = []
-  for c in (1, 0):
-    p, t = (pred == c) & valid, (labels == c) & valid
-    out += [jnp.sum(p & t, axis=(1, 2)), jnp.sum(p | t, axis=(1, 2))]
-  return jnp.stack(out, axis=-1).astype(jnp.int32)
+  for fg in (True, False):
+    p, t = (pred == fg) & valid, ((labels == 1) == fg) & valid
+    out += [xp.sum(p & t, axis=(-2, -1)), xp.sum(p | t, axis=(-2, -1))]
+  return xp.stack(out, axis=-1)
+
+
+def vote(foreground, xp=np):
+  """HSNet's k-shot vote (predict_mask_nshot): boolean foreground [B, K, H, W] of K 1-shot
+  predictions -> [B, H, W]. A pixel is foreground when its votes reach half of the episode's
+  largest vote count (at least 1): votes / max(max over pixels of votes, 1) >= 0.5."""
+  votes = foreground.astype(xp.int32).sum(axis=1)
+  top = votes.reshape(votes.shape[0], -1).max(axis=1)
+  top = xp.maximum(top, 1).reshape(-1, 1, 1)
+  return votes / top >= 0.5
 
 
 def original_resolution_counts(logit_diff: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -36,7 +62,8 @@ def original_resolution_counts(logit_diff: np.ndarray, mask: np.ndarray) -> np.n
   above background), and compared with the padded mask.
 
   Args:
-    logit_diff: [h, w] foreground minus background logit.
+    logit_diff: [h, w] foreground minus background logit, or [K, h, w] for K
+      1-shot predictions combined by `vote` at the original resolution.
     mask: [H, W] original episode mask in {0, 1, 255}.
 
   Returns:
@@ -44,15 +71,12 @@ def original_resolution_counts(logit_diff: np.ndarray, mask: np.ndarray) -> np.n
   """
   h, w = mask.shape
   size = max(h, w)
-  rows = ops.align_corners_matrix(logit_diff.shape[0], size)
-  cols = ops.align_corners_matrix(logit_diff.shape[1], size)
-  pred = (rows @ logit_diff.astype(np.float32) @ cols.T)[:h, :w] > 0
-  valid = mask != ops.IGNORE_LABEL
-  out = []
-  for fg in (True, False):
-    p, t = (pred == fg) & valid, ((mask == 1) == fg) & valid
-    out += [np.sum(p & t), np.sum(p | t)]
-  return np.asarray(out, np.int64)
+  diffs = logit_diff.reshape(-1, *logit_diff.shape[-2:]).astype(np.float32)
+  rows = ops.align_corners_matrix(diffs.shape[1], size)
+  cols = ops.align_corners_matrix(diffs.shape[2], size)
+  pred = (rows @ diffs @ cols.T)[:, :h, :w] > 0
+  pred = vote(pred[None])[0] if logit_diff.ndim == 3 else pred[0]
+  return prediction_counts(pred, mask).astype(np.int64)
 
 
 class SegmentationMeter:

@@ -73,16 +73,35 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, method: Met
 
 
 def eval_step(variables: Any, batch: Mapping[str, jax.Array], *, method: Method, model,
-              mode: Mapping[str, Any], output: str = 'counts') -> tuple[jax.Array, dict[str, jax.Array]]:
+              mode: Mapping[str, Any], output: str = 'counts',
+              kshot: str = 'model') -> tuple[jax.Array, dict[str, jax.Array]]:
   """One evaluation batch in one of the method's eval modes -> (scores, histograms) per episode.
 
+  kshot: 'model' runs the method's own k-shot path; 'vote' runs one 1-shot
+  prediction per support and combines them by HSNet's vote (metrics.vote).
   scores, output 'counts': [B, 4] intersection/union counts at the label size
-  (see metrics); 'logit_diff': [B, h, w] foreground minus background logit at
-  the model's output size, for scoring at the original resolution on the host.
+  (see metrics); 'logit_diff': [B, h, w] ('vote': [B, K, h, w]) foreground
+  minus background logit at the model's output size, for scoring at the
+  original resolution on the host. 'logits': [B, h, w, 2] ('vote': [B, K, h, w, 2]).
   histograms: the method's per-episode counts (e.g. which memory items the
-  episode's images chose), {} when it has none.
+  episode's images chose; with 'vote', summed over the K 1-shot passes), {}
+  when it has none.
   """
-  outputs = method.apply(model, variables, batch, train=False, mode=mode)
-  if output == 'logit_diff':
-    return method.foreground_logit(outputs), method.histograms(outputs)
-  return metrics.episode_counts(outputs['logits'], batch['query_labels']), method.histograms(outputs)
+  def forward(support_images, support_labels):
+    shots = {**batch, 'support_images': support_images, 'support_labels': support_labels}
+    outputs = method.apply(model, variables, shots, train=False, mode=mode)
+    scores = method.foreground_logit(outputs) if output == 'logit_diff' else outputs['logits']
+    return scores, method.histograms(outputs)
+
+  if kshot == 'vote' and batch['support_images'].shape[1] > 1:
+    # One 1-shot pass per support (vmapped over the shot axis, kept as a 1-long axis).
+    scores, hists = jax.vmap(lambda x, y: forward(x[:, None], y[:, None]), in_axes=1, out_axes=1)(
+        batch['support_images'], batch['support_labels'])
+    hists = {k: v.sum(axis=1) for k, v in hists.items()}
+  elif kshot in ('model', 'vote'):
+    scores, hists = forward(batch['support_images'], batch['support_labels'])
+  else:
+    raise ValueError(f"kshot must be 'model' or 'vote', got {kshot!r}")
+  if output == 'counts':
+    return metrics.episode_counts(scores, batch['query_labels']), hists
+  return scores, hists

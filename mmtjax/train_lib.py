@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mmtjax import checkpointing, config_lib, eval_lib, methods, parallel
+from mmtjax import checkpointing, config_lib, eval_lib, methods, parallel, tensorboard_events
 from mmtjax.data import datasets, pipeline, protocols
 from mmtjax.data.episodes import EpisodeSampler
 from mmtjax.errors import DivergedError, Terminated, UserError
@@ -49,18 +49,38 @@ def _format_duration(seconds: float) -> str:
 
 
 class _Log:
-  """Progress lines with ETA on the console and one JSON object per line in metrics.jsonl."""
+  """Progress lines with ETA on the console, one JSON object per line in metrics.jsonl, and the
+  same scalars (plus prediction panels) as TensorBoard events in <workdir>/tensorboard/."""
 
-  def __init__(self, workdir: str, total: int, start: int):
+  def __init__(self, workdir: str, total: int, start: int, resumed: bool = False):
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self.total, self.start = total, start
     self.t0 = self.t_last = time.time()
     self.last_step = start
+    # A resumed run marks its start, so TensorBoard drops what was logged past the checkpoint.
+    self.events = (tensorboard_events.Writer(os.path.join(workdir, tensorboard_events.SUBDIR),
+                                             start if resumed else 0)
+                   if jax.process_index() == 0 else None)
 
   def write(self, record: dict) -> None:
     if jax.process_index() == 0:
       with open(self.path, 'a') as f:
         f.write(json.dumps(record) + '\n')
+
+  def scalars(self, step: int, values: dict) -> None:
+    if self.events:
+      self.events.scalars(step, values)
+      self.events.flush()
+
+  def panels(self, step: int, prefix: str, panels: list) -> None:
+    if self.events:
+      for tag, image in panels:
+        self.events.image(step, f'{prefix}/{tag}', image)
+      self.events.flush()
+
+  def close(self) -> None:
+    if self.events:
+      self.events.close()
 
   def train(self, step: int, stats: dict, episodes_per_step: int) -> None:
     now = time.time()
@@ -79,6 +99,7 @@ class _Log:
         f'loss {stats["loss"]:.4f} ({terms}) | lr {stats["lr"]:.2e}{memory} | '
         f'{rate:.1f} episodes/s | ETA {_format_duration(eta)}')
     self.write({'step': step, 'time': now, 'episodes_per_s': rate, **stats})
+    self.scalars(step, {f'train/{k}': v for k, v in {'episodes_per_s': rate, **stats}.items() if k != 'finite'})
 
 
 def _first_nonfinite(pending: list[tuple[int, dict]]) -> tuple[int, str, float] | None:
@@ -141,15 +162,28 @@ class StopSignal:
     return bool(np.any(flags))
 
 
+def _val_protocol(config) -> protocols.Protocol:
+  return protocols.Protocol('validation', config.eval.val_episodes, config.eval.seed + 1,
+                            config.data.image_size, 'square')
+
+
 def _validate(model, rstate, config, val_split, devices, step_cache: dict) -> float:
   """mIoU on the validation episodes (the model's first eval mode), for the best checkpoint."""
   mode, kwargs = next(iter(methods.for_config(config).eval_modes.items()))
   report = eval_lib.evaluate_variables(
       model, parallel.eval_variables(rstate), config, val_split, split_name=config.data.val_split,
-      protocol=protocols.Protocol('validation', config.eval.val_episodes, config.eval.seed + 1,
-                                  config.data.image_size, 'square'),
-      modes={mode: kwargs}, devices=devices, step_cache=step_cache)
+      protocol=_val_protocol(config), modes={mode: kwargs}, devices=devices, step_cache=step_cache)
   return report['results'][mode]['miou']
+
+
+def _log_panels(log: _Log, step: int, prefix: str, model, rstate, config, split, protocol,
+                step_cache: dict) -> None:
+  """train.log_panels prediction panels of the split's first episodes, as TensorBoard images."""
+  count = config.train.get('log_panels', 0)
+  if count and jax.process_index() == 0:
+    host = parallel.unreplicate(parallel.eval_variables(rstate))
+    log.panels(step, prefix, eval_lib.prediction_panels(model, host, config, split, protocol, count,
+                                                        step_cache=step_cache))
 
 
 def _load_pretrained(state, config: ml_collections.ConfigDict):
@@ -270,7 +304,7 @@ def _train(config, workdir, *, devices, stop_after_steps) -> TrainResult:
   loader = pipeline.EpisodeLoader(train_split.source, image_size=config.data.image_size,
                                   augment=config.data.augment, seed=config.seed,
                                   num_workers=config.data.num_workers)
-  log = _Log(workdir, t.num_steps, start)
+  log = _Log(workdir, t.num_steps, start, resumed=latest is not None)
   local = n_dev * per_device
   end = t.num_steps if stop_after_steps is None else min(t.num_steps, start + stop_after_steps)
   batches = pipeline.train_batches(loader, sampler, start_step=start, num_steps=end,
@@ -280,6 +314,7 @@ def _train(config, workdir, *, devices, stop_after_steps) -> TrainResult:
   done = start
   with StopSignal() as stop, contextlib.ExitStack() as cleanup:
     cleanup.callback(ckpts.close)
+    cleanup.callback(log.close)
     if best_ckpts:
       cleanup.callback(best_ckpts.close)
     for step, batch in pipeline.prefetch(batches, lambda sb: (sb[0], parallel.shard(sb[1], devices))):
@@ -311,6 +346,8 @@ def _train(config, workdir, *, devices, stop_after_steps) -> TrainResult:
       if is_eval:
         miou = _validate(model, rstate, config, val_split, devices, val_steps)
         log.write({'step': done, 'val': {'split': config.data.val_split, 'miou': miou}})
+        log.scalars(done, {'val/miou': miou})
+        _log_panels(log, done, 'val', model, rstate, config, val_split, _val_protocol(config), val_steps)
         say(f'validation {config.data.val_split} ({config.eval.val_episodes} episodes): mIoU {miou:.2f}')
         best_ckpts.save(done, parallel.unreplicate(rstate), config, metrics={'miou': miou})
       if preempted:
@@ -362,6 +399,11 @@ def _final_evaluation(model, rstate, config, workdir: str, num_steps: int, devic
                                       source, test_split)
     if picture:
       say(f'memory picture: {picture}')
-  _Log(workdir, num_steps, num_steps).write({'step': num_steps, 'eval': {m: {k: r[k] for k in ('miou', 'fb_iou')}
-                                            for m, r in report['results'].items()}})
+  log = _Log(workdir, num_steps, num_steps)
+  log.write({'step': num_steps, 'eval': {m: {k: r[k] for k in ('miou', 'fb_iou')}
+                                         for m, r in report['results'].items()}})
+  log.scalars(num_steps, {f'test/{m}/{k}': r[k] for m, r in report['results'].items() for k in ('miou', 'fb_iou')})
+  _log_panels(log, num_steps, 'test', model, rstate, config, test_split,
+              protocols.test_protocol(test_data, config.eval), {})
+  log.close()
   return report

@@ -1,12 +1,17 @@
-"""Pictures a researcher looks at: the style memory and image styles in 2-D (PNG, drawn with PIL).
+"""Pictures a researcher looks at (PNG, drawn with PIL): the style memory and image styles in
+2-D, an episode's supports, query, ground truth and prediction, and per-class IoU bars.
 
-PIL is already a dependency (image decoding); a scatter plot needs nothing more.
+PIL is already a dependency (image decoding); a scatter plot, image panels and
+a bar chart need nothing more, so no plotting library is required.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from mmtjax.data import transforms
+from mmtjax.labels import IGNORE_LABEL
 
 _SOURCE = (90, 120, 200)
 _TARGET = (230, 120, 30)
@@ -58,4 +63,61 @@ def memory_pca_png(path: str, items: np.ndarray, source: np.ndarray, target: np.
   for text, colour in legend:
     draw.text((x, 26), text, fill=colour)
     x += 8 * len(text) + 20
+  img.save(path, format='PNG')
+
+
+_TRUTH = (40, 200, 60)
+_PRED = (240, 60, 40)
+_IGNORE = (120, 120, 120)
+
+
+def display_image(normalised: np.ndarray) -> np.ndarray:
+  """A normalised model input [H, W, 3] back to uint8 RGB."""
+  image = normalised * transforms.IMAGENET_STD + transforms.IMAGENET_MEAN
+  return np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, colour, alpha: float = 0.5) -> np.ndarray:
+  """uint8 image with mask == 1 tinted in `colour` and ignore (255) pixels greyed."""
+  out = image.astype(np.float32)
+  for where, c in ((mask == 1, colour), (mask == IGNORE_LABEL, _IGNORE)):
+    out[where] = (1 - alpha) * out[where] + alpha * np.asarray(c, np.float32)
+  return np.round(out).astype(np.uint8)
+
+
+def episode_panel(supports: list[tuple[np.ndarray, np.ndarray]], query: np.ndarray, truth: np.ndarray,
+                  prediction: np.ndarray, title: str, tile: int = 160) -> Image.Image:
+  """One episode in a row: each support with its mask, the query, the ground truth, the prediction.
+
+  supports: [(uint8 image [H, W, 3], mask [H, W] in {0, 1, 255})]; query:
+  uint8 [H, W, 3]; truth: [H, W] in {0, 1, 255}; prediction: [H, W] bool.
+  """
+  tiles = [(overlay(im, m, _TRUTH), f'support {i + 1}') for i, (im, m) in enumerate(supports)]
+  tiles += [(query, 'query'), (overlay(query, truth, _TRUTH), 'ground truth'),
+            (overlay(query, prediction.astype(np.uint8), _PRED), 'prediction')]
+  top, gap = 36, 6
+  img = Image.new('RGB', (len(tiles) * (tile + gap) + gap, tile + top + gap), 'white')
+  draw = ImageDraw.Draw(img)
+  draw.text((gap, 4), title, fill='black')
+  for k, (array, caption) in enumerate(tiles):
+    x = gap + k * (tile + gap)
+    img.paste(Image.fromarray(array).resize((tile, tile), Image.NEAREST), (x, top))
+    draw.text((x, top - 14), caption, fill='black')
+  return img
+
+
+def class_iou_png(path: str, names: list[str], ious: list[float], title: str, mean: float | None = None) -> None:
+  """Horizontal bars, one per class (IoU in %), with the mean as a vertical line."""
+  row, left, width, top = 16, 8 + 7 * min(max((len(n) for n in names), default=4), 28), 360, 30
+  img = Image.new('RGB', (left + width + 60, top + row * len(names) + 12), 'white')
+  draw = ImageDraw.Draw(img)
+  draw.text((8, 8), title, fill='black')
+  for i, (name, iou) in enumerate(zip(names, ious)):
+    y = top + i * row
+    draw.text((8, y + 2), name[:28], fill='black')
+    draw.rectangle([left, y + 2, left + width * max(0.0, min(iou, 100.0)) / 100, y + row - 2], fill=_SOURCE)
+    draw.text((left + width + 6, y + 2), f'{iou:.1f}', fill='black')
+  if mean is not None:
+    x = left + width * mean / 100
+    draw.line([x, top - 4, x, top + row * len(names)], fill=_ITEM, width=2)
   img.save(path, format='PNG')

@@ -47,6 +47,18 @@ def tfds_dir(tmp_path_factory):
   return str(path)
 
 
+@pytest.fixture(scope='session')
+def trained_workdir(tfds_dir, tmp_path_factory):
+  """A tiny MMT trained for two steps (checkpoint at step 2), shared by the evaluation and inference
+  tests. Tests may add reports to it; none may change its checkpoints."""
+  from mmtjax import train_lib
+  path = str(tmp_path_factory.mktemp('trained') / 'run')
+  config = tiny_config(tfds_dir)
+  config.train.num_steps = 2
+  train_lib.train(config, path)
+  return path
+
+
 def tiny_config(tfds_dir, arg=''):
   """The default config shrunk for tests: 32 px tiny data, a few steps."""
   from configs import default
@@ -69,6 +81,7 @@ def tiny_config(tfds_dir, arg=''):
   config.train.log_every = 2
   config.train.checkpoint_every = 2
   config.train.eval_every = 0
+  config.train.log_panels = 0
   config.eval.val_episodes = 8
   config.eval.num_episodes = 12
   config.eval.batch_size = 4

@@ -204,7 +204,7 @@ def test_one_training_step_has_a_finite_loss(shot):
   config = _mmnet_config(shot)
   model = get_model(config)
   support, labels, query, query_labels = _batch(2, shot, 32)
-  variables = model.init(jax.random.PRNGKey(0), support, labels, query, train=False)
+  variables = jax.jit(lambda *a: model.init(jax.random.PRNGKey(0), *a, train=False))(support, labels, query)
 
   def loss_fn(params):
     out, _ = model.apply({**variables, 'params': params}, support, labels, query, train=True,
@@ -222,8 +222,8 @@ def test_an_all_background_shot_is_finite_and_down_weighted():
   config = _mmnet_config(5)
   model = get_model(config)
   support, labels, query, query_labels = _batch(2, 5, 32, empty_shot=2)
-  variables = model.init(jax.random.PRNGKey(0), support, labels, query, train=False)
-  out = model.apply(variables, support, labels, query, train=False)
+  variables = jax.jit(lambda *a: model.init(jax.random.PRNGKey(0), *a, train=False))(support, labels, query)
+  out = jax.jit(lambda v, *a: model.apply(v, *a, train=False))(variables, support, labels, query)
   assert np.all(np.isfinite(out['logits']))
   weights = np.asarray(out['shot_weights'])  # [B, K, h, w]
   np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-5)
@@ -236,7 +236,7 @@ def test_an_all_background_shot_is_finite_and_down_weighted():
                        rngs={'dropout': jax.random.PRNGKey(1)}, mutable=['batch_stats'])
     return methods.for_config(config).loss(o, query_labels, dict(config.loss), None)[0]
 
-  loss, grads = jax.value_and_grad(loss_fn)(variables['params'])
+  loss, grads = jax.jit(jax.value_and_grad(loss_fn))(variables['params'])
   assert np.isfinite(loss) and all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
 
 

@@ -7,23 +7,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmtjax import train_lib
 from mmtjax.data import pipeline, transforms
 from mmtjax.data.episodes import Episode
 from mmtjax.errors import UserError
 from mmtjax.predict import Predictor, main
-from tests.conftest import tiny_config
 
 RNG = np.random.default_rng(3)
 
 
-@pytest.fixture(scope='module')
-def workdir(tfds_dir, tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('predict') / 'run')
-  config = tiny_config(tfds_dir)
-  config.train.num_steps = 2
-  train_lib.train(config, path)
-  return path
+@pytest.fixture
+def workdir(trained_workdir):
+  return trained_workdir
 
 
 def _pair(h, w, seed):

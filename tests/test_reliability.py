@@ -229,7 +229,7 @@ def _tiny_flags(tfds_dir):
   return [f'--config.data.data_dir={tfds_dir}', '--config.data.builder_config=tiny',
           '--config.data.image_size=32', '--config.data.min_pixels=4', '--config.data.num_workers=2',
           '--config.model.embed_dim=16', '--config.memory.num_items=4', '--config.train.batch_size=4',
-          '--config.train.warmup_steps=1', '--config.train.eval_every=0']
+          '--config.train.warmup_steps=1', '--config.train.eval_every=0', '--config.train.log_panels=0']
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmtjax import checkpointing, eval_lib, parallel, train_lib
+from mmtjax import checkpointing, eval_lib, parallel, tensorboard_events, train_lib
 from mmtjax.errors import DivergedError
 from mmtjax.models import get_model
 from mmtjax.state import create_train_state, learning_rate_schedule, trainable_labels
@@ -147,11 +147,17 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tfds_dir, tmp_path, ca
 def test_best_checkpoint_keeps_the_highest_validation_miou(tfds_dir, tmp_path):
   config = tiny_config(tfds_dir)
   config.train.eval_every = 1
+  config.train.log_panels = 1
   workdir = str(tmp_path)
   train_lib.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     val = {r['step']: r['val']['miou'] for r in map(json.loads, f) if 'val' in r}
   assert sorted(val) == [1, 2, 3, 4]
+  # The same numbers, and a prediction panel per eval mode at each validation and the test, in TensorBoard.
+  events = os.path.join(workdir, tensorboard_events.SUBDIR)
+  assert tensorboard_events.read_scalars(events)['val/miou'] == [(s, pytest.approx(v)) for s, v in sorted(val.items())]
+  assert sorted(tensorboard_events.read_image_tags(events)) == sorted(
+      f'{where}/{mode}/episode000' for where in ('val', 'test') for mode in ('memory_on', 'memory_off'))
   best = checkpointing.Checkpoints(workdir, subdir=checkpointing.BEST_SUBDIR, best_metric='miou')
   best_step = max(val, key=lambda s: (val[s], -s))
   assert best.all_steps() == [best_step]
@@ -166,7 +172,8 @@ def _tiny_flags(tfds_dir):
   return [f'--config.data.data_dir={tfds_dir}', '--config.data.builder_config=tiny',
           '--config.data.image_size=32', '--config.data.min_pixels=4', '--config.data.num_workers=2',
           '--config.model.embed_dim=16', '--config.memory.num_items=4', '--config.train.batch_size=4',
-          '--config.train.warmup_steps=1', '--config.train.eval_every=0', '--config.eval.num_episodes=8']
+          '--config.train.warmup_steps=1', '--config.train.eval_every=0', '--config.train.log_panels=0',
+          '--config.eval.num_episodes=8']
 
 
 def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tfds_dir, tmp_path):

@@ -1,6 +1,7 @@
 """The test episodes of HSNet and PATNet, drawn as their code draws them (protocol 'hsnet').
 
-Both test scripts seed numpy's global generator once (utils.fix_randseed(0))
+Both test scripts seed numpy's global generator once (utils.fix_randseed(0);
+another seed s here gives what their scripts draw with fix_randseed(s))
 and read the episodes in index order (a DataLoader without workers or
 shuffling; the transforms draw nothing), so a legacy
 `numpy.random.RandomState(0)`, called in the same order, gives the same
@@ -58,12 +59,13 @@ def _supports(rs: np.random.RandomState, candidates: Sequence[str], query: str, 
   return tuple(out)
 
 
-def fold_list_episodes(fold_list: Sequence[tuple[str, int]], num_episodes: int, shot: int) -> list[Named]:
+def fold_list_episodes(fold_list: Sequence[tuple[str, int]], num_episodes: int, shot: int,
+                       seed: int = 0) -> list[Named]:
   """HSNet's PASCAL-5i episodes from its fold list [(image, class id 1-based)]."""
   classwise: dict[int, list[str]] = {}
   for name, c in fold_list:
     classwise.setdefault(c, []).append(name)
-  rs = np.random.RandomState(0)
+  rs = np.random.RandomState(seed)
   out = []
   for i in range(num_episodes):
     query, c = fold_list[i % len(fold_list)]
@@ -71,13 +73,14 @@ def fold_list_episodes(fold_list: Sequence[tuple[str, int]], num_episodes: int, 
   return out
 
 
-def coco_episodes(classwise: Mapping[int, Sequence[str]], fold: int, num_episodes: int, shot: int) -> list[Named]:
+def coco_episodes(classwise: Mapping[int, Sequence[str]], fold: int, num_episodes: int, shot: int,
+                  seed: int = 0) -> list[Named]:
   """HSNet's COCO-20i episodes from its fold pickle {class id 0-based: [image name]}."""
   class_ids = [fold + 4 * v for v in range(20)]
   missing = [c for c in class_ids if not classwise.get(c)]
   if missing:
     raise UserError(f'the COCO fold list has no images for classes {[c + 1 for c in missing]} (1-based) of fold {fold}')
-  rs = np.random.RandomState(0)
+  rs = np.random.RandomState(seed)
   out = []
   for _ in range(num_episodes):
     c = _pick(rs, class_ids)
@@ -86,10 +89,10 @@ def coco_episodes(classwise: Mapping[int, Sequence[str]], fold: int, num_episode
   return out
 
 
-def fss_episodes(classes: Mapping[int, Sequence[str]], shot: int) -> list[Named]:
+def fss_episodes(classes: Mapping[int, Sequence[str]], shot: int, seed: int = 0) -> list[Named]:
   """HSNet/PATNet's FSS-1000 test episodes. `classes`: class id -> image stems ('1'..'10'),
   the ids in class-name order."""
-  rs = np.random.RandomState(0)
+  rs = np.random.RandomState(seed)
   out = []
   for c, stems in classes.items():
     for query in sorted(stems, key=lambda s: f'{s}.jpg'):
@@ -103,10 +106,10 @@ def fss_episodes(classes: Mapping[int, Sequence[str]], shot: int) -> list[Named]
 
 
 def round_robin_episodes(class_lists: Sequence[tuple[int, Sequence[str]]], num_episodes: int,
-                         shot: int) -> list[Named]:
+                         shot: int, seed: int = 0) -> list[Named]:
   """PATNet's Deepglobe / ISIC / Chest X-ray episodes: class i % C, query and supports drawn from
   that class's sorted list. `class_lists`: [(class id, sorted names)] in PATNet's class order."""
-  rs = np.random.RandomState(0)
+  rs = np.random.RandomState(seed)
   out = []
   for i in range(num_episodes):
     c, names = class_lists[i % len(class_lists)]

@@ -146,6 +146,20 @@ def load_raw_builder(name: str, data_dir: str | None, manual_dir: str | None,
   return builder
 
 
+def is_prepared(data: ml_collections.ConfigDict) -> bool:
+  """Whether data.dataset is built in data.data_dir (the embedded dataset builds from code: always)."""
+  if data.dataset == 'mmtjax_shapes':
+    return True
+  if data.dataset not in RAW_BUILDERS:
+    raise UserError(f'unknown dataset {data.dataset!r}; available: {list(DATASETS)}')
+  kwargs = dict(data_dir=data.get('data_dir'), file_format='array_record')
+  if data.dataset == 'folder':
+    if not data.get('manual_dir'):
+      return False
+    kwargs['config'] = tfds.core.BuilderConfig(name=folder.config_name(data.manual_dir))
+  return construction.new_builder(RAW_BUILDERS[data.dataset], **kwargs).is_prepared()
+
+
 def _process_zero_first(prepare):
   """Runs `prepare` (which may build a dataset) on process 0 first, then on the others.
 

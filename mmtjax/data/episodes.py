@@ -163,7 +163,7 @@ def _find_list(data, dataset: str, fold: int, ext: str) -> str:
                   f'or put it in {top}')
 
 
-def anchor_episodes(split, data, shot: int, num_episodes: int | None) -> list[Episode]:
+def anchor_episodes(split, data, shot: int, num_episodes: int | None, seed: int = 0) -> list[Episode]:
   """HSNet's / PATNet's test episodes (anchors.py) for `split`, as record indices. `split`:
   a datasets.SplitData; `data`: the config's data section seen by the test split."""
   dataset = split.dataset
@@ -179,15 +179,15 @@ def anchor_episodes(split, data, shot: int, num_episodes: int | None) -> list[Ep
     record_of_id.setdefault(name, i)
   if dataset == 'pascal5i':
     named = anchors.fold_list_episodes(anchors.read_pascal_fold_list(_find_list(data, dataset, data.fold, 'txt')),
-                                       num_episodes, shot)
+                                       num_episodes, shot, seed)
   elif dataset == 'coco20i':
     lists = anchors.read_coco_fold_list(_find_list(data, dataset, data.fold, 'pkl'))
     named = anchors.coco_episodes({c: [anchors.coco_id(n) for n in v] for c, v in lists.items()}, data.fold,
-                                  num_episodes, shot)
+                                  num_episodes, shot, seed)
   elif dataset == 'fss1000':
     stems = {c: [n.split('/', 1)[1] for n in by_class[c]] for c in sorted(by_class)}
     named = [(c, f'{split.class_name(c)}/{q}', tuple(f'{split.class_name(c)}/{s}' for s in sup))
-             for c, q, sup in anchors.fss_episodes(stems, shot)]
+             for c, q, sup in anchors.fss_episodes(stems, shot, seed)]
   elif dataset in _FILE_SUFFIX:
     missing = [split.class_name(c) for c in range(1, split.num_classes + 1) if not by_class.get(c)]
     if missing:
@@ -196,7 +196,7 @@ def anchor_episodes(split, data, shot: int, num_episodes: int | None) -> list[Ep
     suffix = _FILE_SUFFIX[dataset]
     named = anchors.round_robin_episodes(
         [(c, sorted(by_class[c], key=lambda n: n + suffix)) for c in range(1, split.num_classes + 1)],
-        num_episodes, shot)
+        num_episodes, shot, seed)
   else:
     raise UserError(f"protocol 'hsnet' replays HSNet's and PATNet's episodes, defined for pascal5i, coco20i, "
                     f"fss1000, deepglobe, isic2018 and chest_xray, not {dataset!r}")
@@ -272,7 +272,16 @@ def _write_list(args) -> None:
 def protocol_episodes(split, data, protocol, shot: int) -> list[Episode]:
   """The test episodes of a protocol (protocols.Protocol) on a split."""
   if protocol.order == 'anchors':
-    return anchor_episodes(split, data, shot, protocol.num_episodes)
+    return anchor_episodes(split, data, shot, protocol.num_episodes, protocol.seed)
+  counts = {c: len(split.index.get(c, ())) for c in split.classes}
+  # The shot count must not drop a class from a test set (one image only: never usable, the sampler warns).
+  small = {c: n for c, n in counts.items() if 2 <= n < shot + 1}
+  if small:
+    c, n = min(small.items(), key=lambda kv: kv[1])
+    fits = min(n for n in counts.values() if n >= 2) - 1
+    raise UserError(f'{shot}-shot episodes need {shot + 1} images of each test class; {len(small)} of '
+                    f'{len(split.classes)} classes of {split.dataset}/{split.name} have fewer (class '
+                    f'{split.class_name(c)}: {n}); the largest shot count every class allows is {fits}')
   sampler = EpisodeSampler(split.index, split.classes, shot, seed=protocol.seed)
   return sampler.test_list(protocol.num_episodes, protocol.order)
 

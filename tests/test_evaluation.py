@@ -1,0 +1,175 @@
+"""Scoring, HSNet's k-shot vote, sweeps over datasets / shots / seeds, reports and pictures."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmtjax import eval_lib, metrics, reports, tensorboard_events
+from mmtjax.data import datasets, episodes, protocols
+from mmtjax.errors import UserError
+from tests.conftest import tiny_config
+
+IGN = 255  # an ignored pixel
+
+
+def test_iou_and_fb_iou_equal_hand_computed_values():
+  truth = np.array([[1, 1, 0, 0],
+                    [1, 1, 0, IGN],
+                    [0, 0, 0, IGN]])
+  pred = np.array([[1, 0, 0, 1],
+                   [1, 1, 1, 1],
+                   [0, 0, 0, 0]], bool)
+  # 10 pixels count (two are ignored). Foreground: truth 4, predicted 5, both 3, either 6;
+  # background: truth 6, predicted 5, both 4, either 7.
+  np.testing.assert_array_equal(metrics.prediction_counts(pred, truth), [3, 6, 4, 7])
+  empty_pred = metrics.prediction_counts(np.zeros_like(pred), truth)  # foreground 0 / 4, background 6 / 10
+  np.testing.assert_array_equal(empty_pred, [0, 4, 6, 10])
+  empty_truth = np.where(truth == IGN, IGN, 0)  # foreground 0 / 5 predicted, background 5 / 10
+  np.testing.assert_array_equal(metrics.prediction_counts(pred, empty_truth), [0, 5, 5, 10])
+  # The same through the device path (logits -> argmax at the label size).
+  logits = np.stack([~pred, pred], -1).astype(np.float32)[None]
+  np.testing.assert_array_equal(np.asarray(metrics.episode_counts(jnp.asarray(logits), jnp.asarray(truth[None]))),
+                                [[3, 6, 4, 7]])
+  meter = metrics.SegmentationMeter()
+  meter.add(np.array([7, 7, 9, 9]), np.array([[3, 6, 4, 7], [0, 4, 6, 10], [0, 5, 5, 10], [9, 9, 9, 9]]),
+            np.array([True, True, True, False]))  # the last is padding
+  r = meter.result()
+  # Class 7: 3 / 10; class 9: 0 / 5 (an empty ground truth with false positives scores 0).
+  assert r['per_class'] == {'7': pytest.approx(30.0), '9': pytest.approx(0.0)}
+  assert r['miou'] == pytest.approx(15.0) and r['episodes'] == 3
+  assert r['fb_iou'] == pytest.approx(50 * (3 / 15 + 15 / 27))
+
+
+def test_hsnet_vote_on_a_three_shot_case():
+  # Votes per pixel 3, 2, 1, 0 and a pixel with 1 vote: max vote 3, threshold 1.5 -> only 3 and 2 pass.
+  shots = np.array([[1, 1, 1, 0, 0],
+                    [1, 1, 0, 0, 1],
+                    [1, 0, 0, 0, 0]], bool)[None, :, None, :]  # [B=1, K=3, H=1, W=5]
+  expected = np.array([[[True, True, False, False, False]]])
+  np.testing.assert_array_equal(metrics.vote(shots), expected)
+  np.testing.assert_array_equal(np.asarray(metrics.vote(jnp.asarray(shots), jnp)), expected)
+  # Max vote 1 (one shot says foreground anywhere): 1 / 1 >= 0.5, foreground.
+  one = np.zeros((1, 3, 1, 5), bool)
+  one[0, 1, 0, 2] = True
+  np.testing.assert_array_equal(metrics.vote(one)[0, 0], [False, False, True, False, False])
+  # No vote anywhere: the max is clamped to 1 and nothing is foreground.
+  assert not metrics.vote(np.zeros((1, 3, 1, 5), bool)).any()
+  # Device path: K 1-shot logits -> votes at the label size; host path at the original resolution.
+  logits = np.stack([~shots, shots], -1).astype(np.float32)  # [1, 3, 1, 5, 2]
+  labels = np.array([[[1, 1, 0, 0, IGN]]])
+  counts = np.asarray(metrics.episode_counts(jnp.asarray(logits), jnp.asarray(labels)))
+  np.testing.assert_array_equal(counts, [[2, 2, 2, 2]])
+  diffs = np.where(shots[0, :, 0], 1.0, -1.0)[:, None, :].repeat(5, axis=1)  # [K, 5, 5]
+  original = np.array([[1, 1, 0, 0, IGN]] * 5)
+  np.testing.assert_array_equal(metrics.original_resolution_counts(diffs, original), [10, 10, 10, 10])
+
+
+def test_mean_and_std_over_seeds_equal_numpy():
+  runs = [{'dataset': d, 'shot': 1, 'seed': s, 'protocol': 'hsnet', 'kshot': 'model',
+           'results': {'memory_on': {'miou': m, 'fb_iou': m + 30}}}
+          for d, values in (('deepglobe', (40.0, 42.5, 41.0)), ('isic2018', (30.0, 33.0, 29.5)))
+          for s, m in zip((0, 1, 2), values)]
+  summary = {r['dataset']: r for r in reports.summarize(runs)}
+  x = np.array([40.0, 42.5, 41.0])
+  assert summary['deepglobe']['miou_mean'] == pytest.approx(np.mean(x))
+  assert summary['deepglobe']['miou_std'] == pytest.approx(np.std(x, ddof=1))
+  per_seed_mean = (x + np.array([30.0, 33.0, 29.5])) / 2
+  assert summary['mean']['miou'] == pytest.approx(list(per_seed_mean))
+  assert summary['mean']['miou_std'] == pytest.approx(np.std(per_seed_mean, ddof=1))
+  table = reports.markdown(list(summary.values()), 'mmt', 'caption')
+  assert '| MMT (memory_on) | 41.2 ± 1.3 | 30.8 ± 1.9 | 36.0 ± 1.5 |' in table
+
+
+def test_a_shot_count_larger_than_a_test_class_allows_is_one_line(tfds_dir):
+  config = tiny_config(tfds_dir)
+  split = datasets.load_split(config.data, 'target_test', training=False)
+  protocol = protocols.test_protocol(config.data, config.eval)
+  with pytest.raises(UserError, match=r'50-shot episodes need 51 images of each test class; 6 of 6 classes'):
+    episodes.protocol_episodes(split, config.data, protocol, 50)
+
+
+def test_sweep_reports_every_dataset_shot_and_seed(tfds_dir, trained_workdir):
+  config = tiny_config(tfds_dir)
+  name = 'eval_latest_step2_mmtjax_shapes+deepglobe_1+2shot_seeds0+1'
+  kept = os.path.join(trained_workdir, f'{name}.json')
+  with open(kept, 'w') as f:
+    f.write('an earlier report')
+  report = eval_lib.sweep(config, trained_workdir, test_datasets=['mmtjax_shapes', 'deepglobe'], shots=[1, 2],
+                          seeds=[0, 1], save_predictions=1)
+  with open(kept) as f:
+    assert f.read() == 'an earlier report'  # never replaced: the new report is <name>.1.json
+  assert report['report_path'] == os.path.join(trained_workdir, f'{name}.1.json')
+  assert [s['dataset'] for s in report['skipped']] == ['deepglobe']
+  assert 'not built' in report['skipped'][0]['reason'] and '--manual_dir deepglobe=PATH' in report['skipped'][0]['reason']
+  with open(report['report_path']) as f:
+    saved = json.load(f)
+  assert saved['config']['model']['name'] == 'mmt' and saved['seeds'] == [0, 1] and saved['shots'] == [1, 2]
+  cells = {(r['dataset'], r['shot'], r['seed']) for r in saved['runs']}
+  assert cells == {('mmtjax_shapes', k, s) for k in (1, 2) for s in (0, 1)}
+  for row in saved['summary']:
+    per_seed = [r['results'][row['mode']]['miou'] for r in saved['runs'] if r['shot'] == row['shot']]
+    assert row['miou_mean'] == pytest.approx(np.mean(per_seed))
+    assert row['miou_std'] == pytest.approx(np.std(per_seed, ddof=1))
+  # Seeds change the episodes; the timing is reported.
+  hashes = {(r['shot'], r['seed']): r['episodes_sha256'] for r in saved['runs']}
+  assert hashes[(1, 0)] != hashes[(1, 1)]
+  assert all(r['host_wait_share'] is not None and r['episodes_per_s'] > 0 for r in saved['runs'])
+  with open(report['markdown_path']) as f:
+    table = f.read()
+  rows = [line for line in table.splitlines() if line.startswith('| MMT')]
+  # Memory transfer on and off, in the mIoU and the FB-IoU table.
+  assert len(rows) == 4 and '| Method | shapes 1-shot | shapes 2-shot |' in table
+  assert 'not evaluated: deepglobe' in table
+  pngs = [p for p in report['pictures'] if p.endswith('.png')]
+  # One bar chart per shot, one panel per shot and eval mode, the memory picture separately.
+  assert sum('_classes.png' in p for p in pngs) == 2 and sum('episode000' in p for p in pngs) == 4
+  assert all(os.path.getsize(p) > 0 for p in pngs) and os.path.exists(report['memory_picture'])
+
+
+def test_hsnet_vote_is_selected_by_the_config_and_recorded(tfds_dir, trained_workdir):
+  config = tiny_config(tfds_dir)
+  config.eval.kshot = 'vote'
+  config.eval.num_episodes = 4
+  report = eval_lib.sweep(config, trained_workdir, shots=[2], output=os.path.join(trained_workdir, 'vote.json'))
+  assert report['kshot'] == 'vote' and report['shot'] == 2
+  with open(report['markdown_path']) as f:
+    assert 'memory_on, vote' in f.read()
+
+
+def test_training_writes_tensorboard_events(trained_workdir):
+  scalars = tensorboard_events.read_scalars(os.path.join(trained_workdir, tensorboard_events.SUBDIR))
+  with open(os.path.join(trained_workdir, 'metrics.jsonl')) as f:
+    logged = [json.loads(line) for line in f]
+  for key in ('loss', 'loss_cont', 'lr', 'grad_norm', 'episodes_per_s', 'memory_diversity'):
+    assert [v for _, v in scalars[f'train/{key}']] == pytest.approx([r[key] for r in logged]), key
+  assert [s for s, _ in scalars['train/loss']] == [r['step'] for r in logged]
+
+
+def test_resumed_events_drop_steps_past_the_checkpoint(tmp_path):
+  logdir = str(tmp_path)
+  first = tensorboard_events.Writer(logdir)
+  first.scalars(1, {'x': 1.0})
+  first.scalars(2, {'x': 2.0})  # logged, but the run stopped before checkpointing step 2
+  first.image(2, 'panel', np.zeros((4, 6, 3), np.uint8))
+  first.close()
+  second = tensorboard_events.Writer(logdir, start_step=1)
+  second.scalars(2, {'x': 20.0})
+  second.close()
+  assert tensorboard_events.read_scalars(logdir)['x'] == [(1, 1.0), (2, 20.0)]
+
+
+def test_evaluate_cli_names_datasets_not_built_in_one_line(tfds_dir, trained_workdir):
+  cmd = [sys.executable, 'evaluate.py', '--config', 'configs/default.py', '--workdir', trained_workdir,
+         f'--config.data.data_dir={tfds_dir}', '--config.data.builder_config=tiny', '--config.data.image_size=32',
+         '--config.model.embed_dim=16', '--config.memory.num_items=4', '--suite', 'patnet']
+  out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=300)
+  assert out.returncode == 2
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: nothing was evaluated: deepglobe: deepglobe is not built')
+  for name in reports.SUITES['patnet']:
+    assert f'--manual_dir {name}=PATH' in lines[0]
