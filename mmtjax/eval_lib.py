@@ -402,7 +402,7 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, *, test_datasets: lis
       restored[where] = (s, model, host, parallel.replicate(host))
     return where, restored[where]
 
-  runs, pictures, cache = [], [], {}
+  runs, pictures, cache, splits = [], [], {}, {}
   kind = 'best' if best else 'latest'
   first_where, (first_step, *_) = checkpoint(seeds[0] if per_run else None)
   for name, cfg in targets.items():
@@ -413,6 +413,7 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, *, test_datasets: lis
         raise
       skipped.append({'dataset': name, 'reason': str(e)})
       continue
+    splits[name] = split
     for shot in shots:
       with cfg.unlocked():
         cfg.data.shot = shot
@@ -461,12 +462,12 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, *, test_datasets: lis
              + ', '.join(f"{n} {r['protocol']}" for n, r in {r['dataset']: r for r in runs}.items())
              + ''.join(f"; not evaluated: {x['dataset']} ({x['reason']})" for x in skipped) + '.')
   report['markdown_path'] = write_text(stem + '.md', reports.markdown(reports.summarize(runs), method, caption))
-  panels = unused_path(stem + '_predictions')
+  panels, source = unused_path(stem + '_predictions'), None
   for name, cfg in targets.items():
     done = [r for r in runs if r['dataset'] == name]
     if not done:
       continue
-    split = datasets.load_split(datasets.test_data(cfg.data), cfg.data.test_split, training=False)
+    split = splits[name]
     for shot in shots:
       pictures.append(class_bars(stem, split, [r for r in done if r['shot'] == shot], method))
       if save_predictions > 0:
@@ -478,7 +479,8 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, *, test_datasets: lis
         pictures += [path for path, _ in prediction_panels(model, host, cfg, split, protocol, save_predictions,
                                                              panels, f'{name}_{shot}shot', cache)]
     _, (_, model, host, _) = checkpoint(seeds[0] if per_run else None)
-    source = datasets.load_split(config.data, config.data.train_split, training=False)
+    if source is None:  # The training split, for the memory picture: loaded once.
+      source = datasets.load_split(config.data, config.data.train_split, training=False)
     picture = memory_picture(model, host, cfg, unused_path(f'{stem}_{name}_memory.png' if not single else
                                                            f'{stem}_memory.png'), source, split)
     if picture:
