@@ -211,6 +211,8 @@ def _eval(model, rstate, config, episodes: int) -> dict:
   test_data = datasets.test_data(config.data)
   protocol = protocols.test_protocol(test_data, config.eval)
   first = max(1, config.eval.batch_size)
+  # The anchors' lists have a fixed length: timing --eval_episodes of them draws the same protocol's
+  # size, resize and scoring with mmtjax's sampler instead.
   protocol = dataclasses.replace(protocol, num_episodes=episodes + first,
                                  order='random' if protocol.order == 'anchors' else protocol.order)
   split = datasets.load_split(test_data, config.data.test_split, training=False)

@@ -24,6 +24,13 @@ from mmtjax.models import get_model
 from mmtjax.state import create_train_state
 
 
+def _test_loader(split: datasets.SplitData, protocol: protocols.Protocol,
+                 config: ml_collections.ConfigDict) -> pipeline.EpisodeLoader:
+  """The loader of a protocol's test episodes: its size and resize, no augmentation."""
+  return pipeline.EpisodeLoader(split.source, image_size=protocol.image_size, augment='none', seed=protocol.seed,
+                                num_workers=config.data.num_workers, resize=protocol.resize)
+
+
 def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
                        split: datasets.SplitData, *, split_name: str | None = None,
                        protocol: protocols.Protocol | None = None,
@@ -48,9 +55,7 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
   n_dev = len(devices) if devices else jax.local_device_count()
   per_device = max(1, -(-e.batch_size // n_dev))
   episodes = episode_lists.protocol_episodes(split, datasets.test_data(config.data), protocol, config.data.shot)
-  loader = pipeline.EpisodeLoader(split.source, image_size=protocol.image_size, augment='none',
-                                  seed=protocol.seed, num_workers=config.data.num_workers,
-                                  resize=protocol.resize)
+  loader = _test_loader(split, protocol, config)
   method = methods.for_config(config)
   if modes is None:
     modes = dict(method.eval_modes)
@@ -133,9 +138,7 @@ def prediction_panels(model, variables: Any, config: ml_collections.ConfigDict, 
                                              config.data.shot)[:count]
   if not episodes:
     return []
-  loader = pipeline.EpisodeLoader(split.source, image_size=protocol.image_size, augment='none',
-                                  seed=protocol.seed, num_workers=config.data.num_workers,
-                                  resize=protocol.resize)
+  loader = _test_loader(split, protocol, config)
   device = jax.local_devices()[:1]
   batch = loader.batch(episodes, [(-1, i) for i in range(len(episodes))], (1, len(episodes)))
   batch.pop('original_labels', None)
