@@ -15,8 +15,9 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
-from mmtjax import checkpointing, config_lib, methods, metrics, parallel, reports, visualize
+from mmtjax import checkpointing, config_lib, methods, metrics, ops, parallel, reports, visualize
 from mmtjax.data import datasets, pipeline, protocols
 from mmtjax.data import episodes as episode_lists
 from mmtjax.errors import UserError
@@ -47,7 +48,8 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
   The report's timing separates the first batch (it compiles the steps) from
   the rest: episodes_per_s counts the later batches, data loading included;
   host_wait_share is the share of their time the device waited on the host
-  (for the next batch, or for original-resolution scoring).
+  (for the next batch). PFENet's original-resolution scoring runs on the
+  device, in the eval step.
   """
   e = config.eval
   protocol = protocol or protocols.test_protocol(datasets.test_data(config.data), e)
@@ -59,7 +61,7 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
   method = methods.for_config(config)
   if modes is None:
     modes = dict(method.eval_modes)
-  output = 'logit_diff' if protocol.original_resolution else 'counts'
+  output = 'original_counts' if protocol.original_resolution else 'counts'
   cache = {} if step_cache is None else step_cache
   steps = {}
   for name, mode in modes.items():
@@ -74,10 +76,12 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
                                   jax.process_count())
 
   def put(b):
-    return b, parallel.shard({k: v for k, v in b.items() if k != 'original_labels'}, devices)
+    if protocol.original_resolution and jax.process_count() > 1:
+      return b, None  # The processes first agree on the canvas size (main thread, below).
+    return b, parallel.shard(b, devices)
 
   start = time.perf_counter()
-  first_batch_s = waited = scoring = 0.0
+  first_batch_s = waited = 0.0
   ready = iter(pipeline.prefetch(batches, put))
   for n_batch in itertools.count():
     t0 = time.perf_counter()
@@ -87,6 +91,8 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
     if item is None:
       break
     host, batch = item
+    if batch is None:
+      batch = parallel.shard(_common_canvas(host), devices)
     valid = np.asarray(host['valid']).reshape(-1).astype(bool)
     for name, step in steps.items():
       out, hists = step(variables, batch)
@@ -94,11 +100,6 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
       for key, h in hists.items():
         h = parallel.local_array(h).reshape(valid.size, -1)[valid].sum(axis=0)
         hist_totals[name][key] = hist_totals[name].get(key, 0) + h
-      if protocol.original_resolution:
-        t1 = time.perf_counter()
-        out = np.stack([metrics.original_resolution_counts(d, m) for d, m in
-                        zip(out.reshape(-1, *out.shape[2:]), host['original_labels'])])
-        scoring += (time.perf_counter() - t1) if n_batch else 0.0
       meters[name].add(host['class_id'], out, host['valid'])
     if not n_batch:
       first_batch_s = time.perf_counter() - start
@@ -115,12 +116,21 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
   later = max(0, len(episodes) - n_dev * per_device * jax.process_count())
   timing = {'seconds': round(total, 2), 'first_batch_s': round(first_batch_s, 2),
             'episodes_per_s': round(later / steady, 2) if later and steady > 0 else None,
-            'input_wait_s': round(waited, 3), 'host_scoring_s': round(scoring, 3),
-            'host_wait_share': round((waited + scoring) / steady, 4) if later and steady > 0 else None}
+            'input_wait_s': round(waited, 3),
+            'host_wait_share': round(waited / steady, 4) if later and steady > 0 else None}
   return {'dataset': dataset, 'split': split_name or config.data.test_split, 'shot': config.data.shot,
           'protocol': protocol.name, 'seed': protocol.seed, 'kshot': kshot, 'num_episodes': len(episodes),
           'episodes_sha256': episode_lists.list_sha256(episode_lists.episode_lines(episodes, split)),
           **timing, 'results': results}
+
+
+def _common_canvas(batch: dict) -> dict:
+  """Pads a batch's original-resolution canvas to the largest of any process's (every
+  process's shard of a pmap'd step must have one shape)."""
+  canvas = batch['original_labels']
+  size = int(np.max(multihost_utils.process_allgather(np.int32(canvas.shape[-1]))))
+  pad = [(0, 0)] * (canvas.ndim - 2) + [(0, size - canvas.shape[-1])] * 2
+  return {**batch, 'original_labels': np.pad(canvas, pad, constant_values=ops.IGNORE_LABEL)}
 
 
 def prediction_panels(model, variables: Any, config: ml_collections.ConfigDict, split: datasets.SplitData,
@@ -141,7 +151,6 @@ def prediction_panels(model, variables: Any, config: ml_collections.ConfigDict, 
   loader = _test_loader(split, protocol, config)
   device = jax.local_devices()[:1]
   batch = loader.batch(episodes, [(-1, i) for i in range(len(episodes))], (1, len(episodes)))
-  batch.pop('original_labels', None)
   method = methods.for_config(config)
   kshot = config.eval.get('kshot', 'model')
   replicated = parallel.replicate(variables, device)

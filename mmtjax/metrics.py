@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,31 +54,64 @@ def vote(foreground, xp=np):
   return votes / top >= 0.5
 
 
-def original_resolution_counts(logit_diff: np.ndarray, mask: np.ndarray) -> np.ndarray:
-  """PFENet's scoring at the original label resolution, on the host.
+CANVAS_MULTIPLE = 128  # Original-resolution masks are padded to a multiple of this (few compiled shapes).
+
+
+def original_canvas(masks: Sequence[np.ndarray], multiple: int = CANVAS_MULTIPLE
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """Original-resolution masks of different sizes -> one array for the device.
+
+  Returns (canvas [n, C, C] uint8, each mask top-left and 255 elsewhere;
+  sizes [n, 2] int32 (H, W)), C = the longest side rounded up to `multiple`.
+  """
+  longest = max(max(m.shape) for m in masks)
+  c = -(-longest // multiple) * multiple
+  canvas = np.full((len(masks), c, c), ops.IGNORE_LABEL, np.uint8)
+  for out, m in zip(canvas, masks):
+    out[:m.shape[0], :m.shape[1]] = m
+  return canvas, np.array([m.shape for m in masks], np.int32)
+
+
+def _align_corners_rows(n_in: int, n_out: jax.Array, canvas: int) -> jax.Array:
+  """[B, canvas, n_in] aligned-corners interpolation weights to a traced output length n_out
+  [B] (ops.align_corners_matrix for each n_out, zero-padded: rows >= n_out are meaningless)."""
+  n_out = n_out.astype(jnp.float32)
+  scale = jnp.where(n_out > 1, (n_in - 1) / jnp.maximum(n_out - 1, 1), 0.0)
+  src = jnp.arange(canvas, dtype=jnp.float32)[None] * scale[:, None]
+  lo = jnp.minimum(jnp.floor(src), n_in - 1)
+  hi = jnp.minimum(lo + 1, n_in - 1)
+  frac = (src - lo)[..., None]
+  taps = jnp.arange(n_in, dtype=jnp.float32)
+  return (1 - frac) * (taps == lo[..., None]) + frac * (taps == hi[..., None])
+
+
+def original_resolution_counts(logit_diff: jax.Array, canvas: jax.Array, sizes: jax.Array) -> jax.Array:
+  """PFENet's scoring at the original label resolution, on the device: [B, 4] int32.
 
   The input was resized to longer side S and padded bottom/right to S x S, so
   the [h, w] output maps onto the original mask padded (with 255) to its
   longer side L: it is resized to L x L with aligned corners (PFENet's
   F.interpolate(..., align_corners=True)), thresholded at 0 (foreground logit
-  above background), and compared with the padded mask.
+  above background), and compared with the mask, 255 ignored. K 1-shot
+  predictions are combined by `vote` over the original H x W pixels.
 
   Args:
-    logit_diff: [h, w] foreground minus background logit, or [K, h, w] for K
-      1-shot predictions combined by `vote` at the original resolution.
-    mask: [H, W] original episode mask in {0, 1, 255}.
-
-  Returns:
-    [4] int64 (fg intersection, fg union, bg intersection, bg union).
+    logit_diff: [B, h, w] foreground minus background logit, or [B, K, h, w].
+    canvas, sizes: `original_canvas`'s [B, C, C] masks and [B, 2] (H, W).
   """
-  h, w = mask.shape
-  size = max(h, w)
-  diffs = logit_diff.reshape(-1, *logit_diff.shape[-2:]).astype(np.float32)
-  rows = ops.align_corners_matrix(diffs.shape[1], size)
-  cols = ops.align_corners_matrix(diffs.shape[2], size)
-  pred = (rows @ diffs @ cols.T)[:, :h, :w] > 0
-  pred = vote(pred[None])[0] if logit_diff.ndim == 3 else pred[0]
-  return prediction_counts(pred, mask).astype(np.int64)
+  diffs = logit_diff.astype(jnp.float32)
+  if diffs.ndim == 3:
+    diffs = diffs[:, None]
+  b, _, h, w = diffs.shape
+  c = canvas.shape[-1]
+  longest = jnp.max(sizes, axis=1)
+  rows, cols = _align_corners_rows(h, longest, c), _align_corners_rows(w, longest, c)
+  up = jnp.einsum('byh,bkhw,bxw->bkyx', rows, diffs, cols, precision=jax.lax.Precision.HIGHEST)
+  inside = ((jnp.arange(c)[None, :, None] < sizes[:, 0, None, None])
+            & (jnp.arange(c)[None, None, :] < sizes[:, 1, None, None]))
+  pred = (up > 0) & inside[:, None]
+  pred = vote(pred, jnp) if logit_diff.ndim == 4 else pred[:, 0]
+  return prediction_counts(pred, canvas, jnp).astype(jnp.int32)
 
 
 class SegmentationMeter:

@@ -80,9 +80,9 @@ def eval_step(variables: Any, batch: Mapping[str, jax.Array], *, method: Method,
   kshot: 'model' runs the method's own k-shot path; 'vote' runs one 1-shot
   prediction per support and combines them by HSNet's vote (metrics.vote).
   scores, output 'counts': [B, 4] intersection/union counts at the label size
-  (see metrics); 'logit_diff': [B, h, w] ('vote': [B, K, h, w]) foreground
-  minus background logit at the model's output size, for scoring at the
-  original resolution on the host. 'logits': [B, h, w, 2] ('vote': [B, K, h, w, 2]).
+  (see metrics); 'original_counts': the same at the original resolution
+  (PFENet's protocol; the batch holds 'original_labels' and 'original_sizes',
+  metrics.original_canvas); 'logits': [B, h, w, 2] ('vote': [B, K, h, w, 2]).
   histograms: the method's per-episode counts (e.g. which memory items the
   episode's images chose; with 'vote', summed over the K 1-shot passes), {}
   when it has none.
@@ -90,7 +90,7 @@ def eval_step(variables: Any, batch: Mapping[str, jax.Array], *, method: Method,
   def forward(support_images, support_labels):
     shots = {**batch, 'support_images': support_images, 'support_labels': support_labels}
     outputs = method.apply(model, variables, shots, train=False, mode=mode)
-    scores = method.foreground_logit(outputs) if output == 'logit_diff' else outputs['logits']
+    scores = method.foreground_logit(outputs) if output == 'original_counts' else outputs['logits']
     return scores, method.histograms(outputs)
 
   if kshot == 'vote' and batch['support_images'].shape[1] > 1:
@@ -104,4 +104,6 @@ def eval_step(variables: Any, batch: Mapping[str, jax.Array], *, method: Method,
     raise ValueError(f"kshot must be 'model' or 'vote', got {kshot!r}")
   if output == 'counts':
     return metrics.episode_counts(scores, batch['query_labels']), hists
+  if output == 'original_counts':
+    return metrics.original_resolution_counts(scores, batch['original_labels'], batch['original_sizes']), hists
   return scores, hists

@@ -162,6 +162,15 @@ class StopSignal:
     return bool(np.any(flags))
 
 
+def between_logs():
+  """The part of every training step that must not wait for the device: dispatch the step,
+  keep its metrics for later. On GPUs and TPUs a device-to-host transfer in it raises
+  (jax.transfer_guard); the host reads the metrics at logging, checkpoint and validation steps
+  only. (A CPU's arrays are host memory, unguarded: tests/conftest.py's trained_run checks the
+  loop on CPU by holding a step's metrics on the device until the next step is dispatched.)"""
+  return jax.transfer_guard_device_to_host('disallow_explicit')
+
+
 def _val_protocol(config) -> protocols.Protocol:
   return protocols.Protocol('validation', config.eval.val_episodes, config.eval.seed + 1,
                             config.data.image_size, 'square')
@@ -318,10 +327,11 @@ def _train(config, workdir, *, devices, stop_after_steps) -> TrainResult:
     if best_ckpts:
       cleanup.callback(best_ckpts.close)
     for step, batch in pipeline.prefetch(batches, lambda sb: (sb[0], parallel.shard(sb[1], devices))):
-      rstate, stats = step_fn(rstate, batch)
-      done = step + 1
-      ckpts.check()  # An asynchronous save that failed (disk full) stops training here.
-      pending.append((done, stats))
+      with between_logs():
+        rstate, stats = step_fn(rstate, batch)
+        done = step + 1
+        ckpts.check()  # An asynchronous save that failed (disk full) stops training here.
+        pending.append((done, stats))
       preempted = stop.should_stop(done)
       is_last = done == end
       is_ckpt = done % t.checkpoint_every == 0 or is_last or preempted

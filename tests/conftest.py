@@ -3,6 +3,7 @@
 import os
 import shutil
 import tempfile
+import threading
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=4').strip()
@@ -48,15 +49,53 @@ def tfds_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
-def trained_workdir(tfds_dir, tmp_path_factory):
-  """A tiny MMT trained for two steps (checkpoint at step 2), shared by the evaluation and inference
-  tests. Tests may add reports to it; none may change its checkpoints."""
-  from mmtjax import train_lib
+def trained_run(tfds_dir, tmp_path_factory):
+  """A tiny MMT trained for two steps (log and checkpoint at step 2): (workdir, [whether step 1's
+  metrics were released by step 2's dispatch]).
+
+  Step 1's metrics leave the device only once the loop dispatches step 2: an io_callback in their
+  computation waits for that (up to 30 s). Had the loop read them, or anything computed after
+  them, before dispatching step 2, it would have waited for that callback, and the record says
+  False. (CPU arrays are host memory, so jax's transfer guard cannot show this on CPU.)
+  """
+  from jax.experimental import io_callback
+
+  from mmtjax import parallel, train_lib
   path = str(tmp_path_factory.mktemp('trained') / 'run')
   config = tiny_config(tfds_dir)
   config.train.num_steps = 2
-  train_lib.train(config, path)
-  return path
+  released, record = threading.Event(), []
+
+  def wait(x):
+    record.append(released.wait(30))
+    return x
+
+  gate = jax.pmap(lambda s: io_callback(wait, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), s),
+                                        s))
+  make = parallel.make_train_step
+
+  def make_gated(*args, **kwargs):
+    step, calls = make(*args, **kwargs), []
+
+    def gated(state, batch):
+      calls.append(None)
+      if len(calls) == 2:
+        released.set()
+      state, stats = step(state, batch)
+      return state, (gate(stats) if len(calls) == 1 else stats)
+    return gated
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(parallel, 'make_train_step', make_gated)
+    train_lib.train(config, path)
+  return path, record
+
+
+@pytest.fixture(scope='session')
+def trained_workdir(trained_run):
+  """trained_run's workdir, shared by the evaluation and inference tests. Tests may add reports
+  to it; none may change its checkpoints."""
+  return trained_run[0]
 
 
 def tiny_config(tfds_dir, arg=''):

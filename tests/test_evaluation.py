@@ -66,7 +66,9 @@ def test_hsnet_vote_on_a_three_shot_case():
   np.testing.assert_array_equal(counts, [[2, 2, 2, 2]])
   diffs = np.where(shots[0, :, 0], 1.0, -1.0)[:, None, :].repeat(5, axis=1)  # [K, 5, 5]
   original = np.array([[1, 1, 0, 0, IGN]] * 5)
-  np.testing.assert_array_equal(metrics.original_resolution_counts(diffs, original), [10, 10, 10, 10])
+  canvas, sizes = metrics.original_canvas([original])
+  counts = metrics.original_resolution_counts(jnp.asarray(diffs[None]), jnp.asarray(canvas), jnp.asarray(sizes))
+  np.testing.assert_array_equal(np.asarray(counts), [[10, 10, 10, 10]])
 
 
 def test_mean_and_std_over_seeds_equal_numpy():

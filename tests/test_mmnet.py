@@ -58,6 +58,25 @@ def test_reconstruction_loss_on_a_tiny_memory():
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+def test_blocked_reconstruction_loss_equals_the_official_form_with_its_gradients():
+  # D = 6 > N = 3 (the rank-N form is the cheaper one), P = 10 pixels in blocks of 4 (the last padded).
+  m, f = RNG.normal(size=(6, 3)) * 0.5, RNG.normal(size=(2, 10, 6)) * 0.5
+  want = np.mean([np_recon_loss(m, f[b]) for b in range(2)])
+  args = (jnp.asarray(m, jnp.float32), jnp.asarray(f, jnp.float32))
+  grads = {}
+  for block in (0, 4, 1):
+    loss, grads[block] = jax.value_and_grad(meta_class.reconstruction_loss, argnums=(0, 1))(*args, block)
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+  # The gradient of the official form (R = M softmax(A), G = R F^T), by autodiff.
+  def official(m, f):
+    g = jnp.einsum('bid,bjd->bij', jnp.einsum('bin,dn->bid', jax.nn.softmax(f @ m, axis=-1), m), f)
+    return -jnp.mean(jnp.diagonal(jax.nn.log_softmax(g, axis=1), axis1=1, axis2=2))
+  reference = jax.grad(official, argnums=(0, 1))(*args)
+  for block in grads:
+    for got, ref in zip(grads[block], reference):
+      np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
+
+
 def test_propagation_with_exact_zeros_in_the_mask():
   a_q, a_s = RNG.normal(size=(1, 5, 4)), RNG.normal(size=(1, 6, 4))
   mask = np.array([[1.0, 0.0, 0.5, 0.0, 1.0, 0.25]])
@@ -199,13 +218,8 @@ def _batch(b, k, s, empty_shot=None):
           jnp.asarray(rng.normal(size=(b, s, s, 3)), jnp.float32), jnp.asarray(query))
 
 
-@pytest.mark.parametrize('shot', [1, 5])
-def test_one_training_step_has_a_finite_loss(shot):
-  config = _mmnet_config(shot)
-  model = get_model(config)
-  support, labels, query, query_labels = _batch(2, shot, 32)
-  variables = jax.jit(lambda *a: model.init(jax.random.PRNGKey(0), *a, train=False))(support, labels, query)
-
+def _check_training_step(config, model, variables, support, labels, query, query_labels):
+  """A finite loss made of its three terms, finite gradients, a gradient on the memory."""
   def loss_fn(params):
     out, _ = model.apply({**variables, 'params': params}, support, labels, query, train=True,
                          rngs={'dropout': jax.random.PRNGKey(1)}, mutable=['batch_stats'])
@@ -218,7 +232,16 @@ def test_one_training_step_has_a_finite_loss(shot):
   assert np.any(np.asarray(grads['meta']['memory']) != 0)
 
 
+def test_one_training_step_has_a_finite_loss():
+  config = _mmnet_config(1)
+  model = get_model(config)
+  support, labels, query, query_labels = _batch(2, 1, 32)
+  variables = jax.jit(lambda *a: model.init(jax.random.PRNGKey(0), *a, train=False))(support, labels, query)
+  _check_training_step(config, model, variables, support, labels, query, query_labels)
+
+
 def test_an_all_background_shot_is_finite_and_down_weighted():
+  """Also the 5-shot training step's checks (with one all-background shot)."""
   config = _mmnet_config(5)
   model = get_model(config)
   support, labels, query, query_labels = _batch(2, 5, 32, empty_shot=2)
@@ -230,14 +253,7 @@ def test_an_all_background_shot_is_finite_and_down_weighted():
   others = np.delete(weights, 2, axis=1)
   assert np.all(weights[:, 2] <= others.min(axis=1) + 1e-7)
   assert weights[:, 2].mean() < others.mean()
-
-  def loss_fn(params):
-    o, _ = model.apply({**variables, 'params': params}, support, labels, query, train=True,
-                       rngs={'dropout': jax.random.PRNGKey(1)}, mutable=['batch_stats'])
-    return methods.for_config(config).loss(o, query_labels, dict(config.loss), None)[0]
-
-  loss, grads = jax.jit(jax.value_and_grad(loss_fn))(variables['params'])
-  assert np.isfinite(loss) and all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+  _check_training_step(config, model, variables, support, labels, query, query_labels)
 
 
 def test_the_paper_configuration_has_the_published_shapes():
@@ -253,3 +269,20 @@ def test_the_paper_configuration_has_the_published_shapes():
                                                 mutable=['batch_stats']), variables)
   assert out['logits'].shape == (1, 473, 473, 2) and out['shot_weights'].shape == (1, 5, 60, 60)
   assert out['aux_logits'].shape == (4, 1, 473, 473, 2)
+
+
+def test_one_backbone_batch_gives_the_per_shot_batches_features_where_batchnorm_is_per_image():
+  config = _mmnet_config(2)
+  config.model.prior_stage = 'layer4'  # the prior's layer4 pass is batched too
+  config.model.backbone_bn = 'running'
+  config.model.bins = (2, 1)
+  support, labels, query, _ = _batch(2, 2, 16)
+  joint = get_model(config)
+  config.model.joint_backbone = False
+  separate = get_model(config)
+  variables = jax.jit(lambda *a: joint.init(jax.random.PRNGKey(0), *a, train=False))(support, labels, query)
+  # Evaluation (training with backbone_bn 'running' takes the same backbone path).
+  out = [jax.jit(lambda v, *a, m=m: m.apply(v, *a, train=False))(variables, support, labels, query)
+         for m in (joint, separate)]
+  for key in out[0]:
+    np.testing.assert_allclose(out[0][key], out[1][key], rtol=1e-4, atol=1e-5, err_msg=key)

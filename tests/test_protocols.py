@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -118,20 +119,57 @@ def test_pad_to_and_longer_side():
   assert np.all(im[28:] == 0)
 
 
+def _reference_original_counts(diff: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """numpy reference of PFENet's scoring: the [h, w] logit difference (or [K, h, w], voted)
+  resized with aligned corners to the mask's longer side L, cropped to H x W, thresholded at 0."""
+  h, w = mask.shape
+  size = max(h, w)
+  diffs = diff.reshape(-1, *diff.shape[-2:]).astype(np.float64)
+  up = ops.align_corners_matrix(diffs.shape[1], size) @ diffs @ ops.align_corners_matrix(diffs.shape[2], size).T
+  pred = up[:, :h, :w] > 0
+  if diff.ndim == 3:  # HSNet's vote
+    votes = pred.sum(axis=0)
+    pred = votes / max(votes.max(), 1) >= 0.5
+  valid = mask != 255
+  out = []
+  for fg in (True, False):
+    p, t = (pred == fg) & valid, ((mask == 1) == fg) & valid
+    out += [np.sum(p & t), np.sum(p | t)]
+  return np.array(out)
+
+
+def _device_original_counts(diffs, masks):
+  canvas, sizes = metrics.original_canvas(masks)
+  return np.asarray(metrics.original_resolution_counts(jnp.asarray(np.stack(diffs)), jnp.asarray(canvas),
+                                                       jnp.asarray(sizes)))
+
+
 def test_original_resolution_scoring_recovers_a_perfect_prediction():
   _, label = _pair(37, 53)
   # The label as the model sees it: longer side 40, padded; a logit map agreeing with it.
   small = transforms.pad_to(*transforms.resize_longer_side(np.zeros((37, 53, 3), np.uint8), label, 40), 40)[1]
   diff = np.where(small == 1, 5.0, -5.0).astype(np.float32)
-  counts = metrics.original_resolution_counts(diff, label)
-  fg_iou, bg_iou = counts[0] / counts[1], counts[2] / counts[3]
-  assert fg_iou > 0.9 and bg_iou > 0.9
-  # Reference: upsample with aligned corners to 53 x 53, crop, compare.
-  up = ops.align_corners_matrix(40, 53) @ diff @ ops.align_corners_matrix(40, 53).T
-  pred = up[:37, :53] > 0
-  valid = label != 255
-  assert counts[0] == np.sum(pred & (label == 1) & valid)
-  assert counts[1] == np.sum((pred | (label == 1)) & valid)
+  counts = _device_original_counts([diff], [label])[0]
+  assert counts[0] / counts[1] > 0.9 and counts[2] / counts[3] > 0.9
+  np.testing.assert_array_equal(counts, _reference_original_counts(diff, label))
+
+
+def test_device_original_resolution_scoring_equals_the_numpy_reference():
+  rng = np.random.default_rng(0)
+  # Smooth logits (few pixels near the threshold), masks of different sizes and orientations, one
+  # larger than a canvas step, ignored pixels; 1-shot and 3 shots voted.
+  grid = np.linspace(-3, 3, 24)
+  masks = [rng.choice([0, 1, 1, 255], size=shape).astype(np.uint8)
+           for shape in ((37, 53), (60, 21), (130, 90), (1, 7))]
+  for k in (None, 3):
+    diffs = []
+    for _ in masks:
+      a, b, c = rng.normal(size=3)
+      shots = [np.sin(a * grid[:, None] + b) + np.cos(c * grid[None, :]) for _ in range(k or 1)]
+      diffs.append(np.stack(shots).astype(np.float32) if k else shots[0].astype(np.float32))
+    got = _device_original_counts(diffs, masks)
+    want = np.stack([_reference_original_counts(d, m) for d, m in zip(diffs, masks)])
+    np.testing.assert_array_equal(got, want)
 
 
 def test_loader_longer_side_pad_returns_original_masks(tfds_dir):
@@ -144,5 +182,7 @@ def test_loader_longer_side_pad_returns_original_masks(tfds_dir):
   eps = episodes.EpisodeSampler(split.index, split.classes, 1, 0).test_list(3)
   batch = loader.batch(eps, [(0, i) for i in range(3)], (1, 4))
   assert batch['query_images'].shape == (1, 4, 40, 40, 3)
-  assert len(batch['original_labels']) == 4 and batch['original_labels'][0].shape == (32, 32)
+  # Originals padded with 255 onto a canvas (a multiple of 128), their sizes alongside.
+  assert batch['original_labels'].shape == (1, 4, 128, 128) and np.all(batch['original_labels'][0, 0, 32:] == 255)
+  np.testing.assert_array_equal(batch['original_sizes'][0, 0], [32, 32])
   assert not batch['valid'][0, 3]

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
+from mmtjax import metrics
 from mmtjax.data import transforms
 from mmtjax.data.episode_checks import check_inputs
 from mmtjax.data.episodes import Episode, EpisodeSampler
@@ -111,14 +112,16 @@ class EpisodeLoader:
         item['valid'] = np.bool_(False)
     while len(items) < total:
       items.append({**items[0], 'valid': np.bool_(False)})
-    # Original-resolution masks differ in size: kept as a list, on the host only.
+    # Original-resolution masks differ in size: padded onto one canvas (metrics.original_canvas).
     originals = [it.pop('original_labels') for it in items] if 'original_labels' in items[0] else None
     batch = {k: np.stack([it[k] for it in items]).reshape(*shape, *np.shape(items[0][k]))
              for k in items[0]}
     check_inputs(batch['support_images'], batch['support_labels'], batch['query_images'],
                  batch['query_labels'])
     if originals is not None:
-      batch['original_labels'] = originals
+      canvas, sizes = metrics.original_canvas(originals)
+      batch['original_labels'] = canvas.reshape(*shape, *canvas.shape[1:])
+      batch['original_sizes'] = sizes.reshape(*shape, 2)
     return batch
 
 

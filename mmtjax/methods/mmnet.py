@@ -29,12 +29,14 @@ class MMNetMethod(Method):
         stem='deep',               # PSPNet stem, as PFENet / MM-Net
         output_stride=8,
         backbone_bn='batch',       # the official frozen backbone's BatchNorm runs in train mode
+        joint_backbone=True,       # query + shots in one backbone batch where BatchNorm is per image
         freeze_backbone=True,
         # PSPNet deep-stem ResNet-50 .pth (PFENet's initmodel/resnet50_v2.pth), read without PyTorch.
         pretrained=config_dict.placeholder(str),
         reduce_dim=256,
         num_meta_classes=50,
         meta_init_std=1.0,
+        recon_block=0,             # reconstruction loss's column block; 0 = whole [P, P] (same value)
         bins=(60, 30, 15, 8),      # at 60 x 60 features; scaled to other sizes
         bin_reference_size=60,
         mid_dropout=0.5,
@@ -53,6 +55,7 @@ class MMNetMethod(Method):
     return [
         (all(b >= 1 for b in m.bins), 'model.bins must be positive'),
         (m.num_meta_classes >= 1, 'model.num_meta_classes must be >= 1'),
+        (m.get('recon_block', 0) >= 0, 'model.recon_block must be >= 0 (0: the whole [P, P] matrix)'),
         ({'aux', 'recon'} <= set(config.loss), 'loss needs the fields aux and recon for mmnet'),
     ]
 
@@ -60,9 +63,11 @@ class MMNetMethod(Method):
     m = config.model
     return MMNet(backbone=m.backbone, stem=m.stem, output_stride=m.output_stride, backbone_bn=m.backbone_bn,
                  axis_name=axis_name, dtype=_dtype(config), reduce_dim=m.reduce_dim,
-                 num_meta_classes=m.num_meta_classes, meta_init_std=m.meta_init_std, bins=tuple(m.bins),
+                 num_meta_classes=m.num_meta_classes, meta_init_std=m.meta_init_std,
+                 recon_block=m.get('recon_block', 0), bins=tuple(m.bins),
                  bin_reference_size=m.bin_reference_size, mid_dropout=m.mid_dropout,
-                 head_dropout=m.head_dropout, prior_stage=m.prior_stage)
+                 head_dropout=m.head_dropout, prior_stage=m.prior_stage,
+                 joint_backbone=m.get('joint_backbone', True))
 
   def loss(self, outputs: Mapping[str, Any], query_labels, weights, axis_name):
     del axis_name

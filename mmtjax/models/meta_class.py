@@ -32,7 +32,7 @@ def activation_maps(memory: jax.Array, feats: jax.Array) -> jax.Array:
   return jnp.einsum('bpd,dn->bpn', feats, memory)
 
 
-def reconstruction_loss(memory: jax.Array, feats: jax.Array) -> jax.Array:
+def reconstruction_loss(memory: jax.Array, feats: jax.Array, block: int = 0) -> jax.Array:
   """How well the memory reconstructs the features, as a pixel-identification cross-entropy.
 
   R[b, i] = M softmax_n(A[b, i]) reconstructs pixel i from the meta-classes;
@@ -41,15 +41,41 @@ def reconstruction_loss(memory: jax.Array, feats: jax.Array) -> jax.Array:
   official code's F.cross_entropy on G with the class axis on i). Mean over
   pixels and images.
 
+  Computed in an exactly equal, cheaper form: G[i, j] = softmax(A[i]) . A[j]
+  (since M^T F[j] = A[j]), a rank-N product (N = 50) instead of the official
+  rank-D one (D = 256), and the loss is mean_j(logsumexp_i G[i, j] - G[j, j]).
+  With `block` > 0 the columns j are taken `block` at a time (recomputed in
+  the backward pass), so no [P, P] matrix is ever held: memory O(P x block)
+  instead of O(P^2) per image, for the same value.
+
   Args:
     memory: [D, N].
     feats: [B, P, D].
+    block: column block size; 0 (or >= P) forms G whole.
   """
   act = activation_maps(memory, feats).astype(jnp.float32)
-  recon = jnp.einsum('bin,dn->bid', jax.nn.softmax(act, axis=-1), memory.astype(jnp.float32))
-  g = jnp.einsum('bid,bjd->bij', recon, feats.astype(jnp.float32))
-  logp = jax.nn.log_softmax(g, axis=1)  # Over reconstructed pixels i, per original pixel j.
-  return -jnp.mean(jnp.diagonal(logp, axis1=1, axis2=2))
+  probs = jax.nn.softmax(act, axis=-1)
+  own = jnp.sum(probs * act, axis=-1)  # G[j, j]
+  p = act.shape[1]
+  if not block or block >= p:
+    lse = jax.nn.logsumexp(jnp.einsum('bin,bjn->bij', probs, act), axis=1)  # Over reconstructed i.
+  else:
+    lse = _column_logsumexp(probs, act, block)
+  return jnp.mean(lse - own)
+
+
+def _column_logsumexp(probs: jax.Array, act: jax.Array, block: int) -> jax.Array:
+  """logsumexp_i probs[b, i] . act[b, j] for every column j, `block` columns at a time: [B, P]."""
+  b, p, n = act.shape
+  blocks = -(-p // block)
+  cols = jnp.pad(act, ((0, 0), (0, blocks * block - p), (0, 0))).reshape(b, blocks, block, n)
+
+  @jax.checkpoint  # Keeps only each block's inputs for the backward pass.
+  def one(c):  # [B, block, N] -> [B, block]
+    return jax.nn.logsumexp(jnp.einsum('bin,bjn->bji', probs, c), axis=-1)
+
+  lse = jax.lax.map(one, jnp.moveaxis(cols, 1, 0))  # [blocks, B, block]
+  return jnp.moveaxis(lse, 0, 1).reshape(b, blocks * block)[:, :p]
 
 
 def propagate(query_act: jax.Array, support_act: jax.Array, support_mask: jax.Array
@@ -89,11 +115,14 @@ class MetaClassMemory(nn.Module):
     dim: feature width D (256 in MM-Net).
     num_items: number of meta-classes N (50 in MM-Net).
     init_std: the memory is initialised N(0, init_std^2) (MM-Net: 1).
+    recon_block: the reconstruction loss's column block (0: whole [P, P];
+      see reconstruction_loss).
   """
 
   dim: int = 256
   num_items: int = 50
   init_std: float = 1.0
+  recon_block: int = 0
 
   @nn.compact
   def __call__(self, query_feats: jax.Array, support_feats: jax.Array, support_masks: jax.Array,
@@ -131,5 +160,5 @@ class MetaClassMemory(nn.Module):
     aux = {'shot_weights': weights.reshape(b, k, h, w)}
     if compute_loss:  # [P, P] per image: only when training.
       aux['recon_loss'] = reconstruction_loss(
-          memory, jnp.concatenate([s.reshape(b * k, h * w, d), q], axis=0))
+          memory, jnp.concatenate([s.reshape(b * k, h * w, d), q], axis=0), self.recon_block)
     return z, aux

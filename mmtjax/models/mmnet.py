@@ -131,9 +131,14 @@ class MMNet(nn.Module):
       deep stem, 8, BatchNorm in batch mode as the official frozen backbone).
     reduce_dim: width of the mid-level features and the head (256).
     num_meta_classes, meta_init_std: the memory (50 items, N(0, 1)).
+    recon_block: the reconstruction loss's column block (0: the whole [P, P]
+      matrix per image; the value is the same either way).
     bins, bin_reference_size: FEM pyramid (60, 30, 15, 8 at 60 x 60 features).
     mid_dropout: Dropout2d after the mid-level 1x1 convs (0.5).
     head_dropout: Dropout2d in the classifiers (0.1).
+    joint_backbone: where BatchNorm uses running statistics (evaluation, or
+      backbone_bn 'running'), run the query and the shots through the backbone
+      as one batch; with batch statistics they are always separate batches.
     prior_stage: backbone stage of the prior mask: 'layer4' (PFENet, MM-Net),
       or 'layer3' (the CPU variant, whose from-scratch layer4 never trains
       because the prior passes no gradient).
@@ -146,11 +151,13 @@ class MMNet(nn.Module):
   reduce_dim: int = 256
   num_meta_classes: int = 50
   meta_init_std: float = 1.0
+  recon_block: int = 0
   bins: Sequence[int] = (60, 30, 15, 8)
   bin_reference_size: int = 60
   mid_dropout: float = 0.5
   head_dropout: float = 0.1
   prior_stage: str = 'layer4'
+  joint_backbone: bool = True
   axis_name: str | None = None
   dtype: Any = jnp.float32
 
@@ -162,9 +169,23 @@ class MMNet(nn.Module):
     self.down_query = ConvReLU(self.reduce_dim, 1, self.dtype)
     self.down_support = ConvReLU(self.reduce_dim, 1, self.dtype)
     self.mid_drop = nn.Dropout(self.mid_dropout, broadcast_dims=(1, 2))
-    self.meta = MetaClassMemory(self.reduce_dim, self.num_meta_classes, self.meta_init_std)
+    self.meta = MetaClassMemory(self.reduce_dim, self.num_meta_classes, self.meta_init_std, self.recon_block)
     self.head = FEMHead(self.bins, self.bin_reference_size, self.reduce_dim, 2, self.head_dropout,
                         self.dtype)
+
+  def _backbone(self, groups: list[jax.Array], train_bn: bool, **stages) -> list[dict[str, jax.Array]]:
+    """The backbone's stages for the query and each shot (`groups`, B images each).
+
+    With BatchNorm on batch statistics (training, backbone_bn 'batch') every
+    group is its own batch, as in the official code: the statistics depend on
+    the batch. Otherwise BatchNorm is per image and, with joint_backbone,
+    the groups share one batch (fewer, larger convolutions; same features).
+    """
+    if train_bn or not self.joint_backbone or len(groups) == 1:
+      return [self.encoder(x, train_bn=train_bn, **stages) for x in groups]
+    joint = self.encoder(jnp.concatenate(groups, axis=0), train_bn=False, **stages)
+    b = groups[0].shape[0]
+    return [{name: v[i * b:(i + 1) * b] for name, v in joint.items()} for i in range(len(groups))]
 
   def __call__(self, support_images: jax.Array, support_labels: jax.Array,
                query_images: jax.Array, *, train: bool, transfer: bool = True
@@ -178,10 +199,9 @@ class MMNet(nn.Module):
     del transfer
     b, k, hi, wi = support_labels.shape
     train_bn = train and self.backbone_bn == 'batch'
-    # The query and each shot go through the backbone as separate batches, as in
-    # the official code (it matters for BatchNorm in batch mode).
-    groups = [query_images] + [support_images[:, shot] for shot in range(k)]
-    feats = [self.encoder(x.astype(self.dtype), train_bn=train_bn, stop='layer3') for x in groups]
+    groups = [query_images.astype(self.dtype)] + [support_images[:, shot].astype(self.dtype)
+                                                  for shot in range(k)]
+    feats = self._backbone(groups, train_bn, stop='layer3')
     h, w = feats[0]['layer3'].shape[1:3]
     mids = [jnp.concatenate([f['layer3'], ops.resize_align_corners(f['layer2'], (h, w))], axis=-1)
             for f in feats]
@@ -192,9 +212,9 @@ class MMNet(nn.Module):
 
     # Prior: layer4 of the query and of each masked support (training-free: no gradient).
     if self.prior_stage == 'layer4':
-      high = [self.encoder(feats[0]['layer3'], train_bn=train_bn, start='layer4')['layer4']]
-      high += [self.encoder(feats[1 + shot]['layer3'] * masks[:, shot, ..., None], train_bn=train_bn,
-                            start='layer4')['layer4'] for shot in range(k)]
+      inputs = [feats[0]['layer3']] + [feats[1 + shot]['layer3'] * masks[:, shot, ..., None]
+                                       for shot in range(k)]
+      high = [f['layer4'] for f in self._backbone(inputs, train_bn, start='layer4')]
     elif self.prior_stage == 'layer3':
       high = [f['layer3'] for f in feats]
     else:
