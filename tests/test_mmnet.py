@@ -277,6 +277,7 @@ def test_one_backbone_batch_gives_the_per_shot_batches_features_where_batchnorm_
   config.model.backbone_bn = 'running'
   config.model.bins = (2, 1)
   support, labels, query, _ = _batch(2, 2, 16)
+  config.model.joint_backbone = True
   joint = get_model(config)
   config.model.joint_backbone = False
   separate = get_model(config)

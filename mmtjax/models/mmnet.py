@@ -157,7 +157,7 @@ class MMNet(nn.Module):
   mid_dropout: float = 0.5
   head_dropout: float = 0.1
   prior_stage: str = 'layer4'
-  joint_backbone: bool = True
+  joint_backbone: bool = False
   axis_name: str | None = None
   dtype: Any = jnp.float32
 
