@@ -151,6 +151,8 @@ def prediction_panels(model, variables: Any, config: ml_collections.ConfigDict, 
   loader = _test_loader(split, protocol, config)
   device = jax.local_devices()[:1]
   batch = loader.batch(episodes, [(-1, i) for i in range(len(episodes))], (1, len(episodes)))
+  for key in ('original_labels', 'original_sizes'):  # Panels are scored at the input size.
+    batch.pop(key, None)
   method = methods.for_config(config)
   kshot = config.eval.get('kshot', 'model')
   replicated = parallel.replicate(variables, device)
