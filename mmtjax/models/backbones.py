@@ -1,4 +1,5 @@
-"""Backbones returning named stages: ResNet-50/101 (two stems), VGG16-bn, a tiny ResNet.
+"""Backbones returning named stages: ResNet-50/101 (two stems), VGG16-bn, a tiny ResNet, and
+the DINOv2 / DINOv3 vision transformers of models/vit.py.
 
 Every backbone is a sequence of the five stages STAGES and can run any
 contiguous slice of them (`start`, `stop`), so a model can put a module (the
@@ -17,8 +18,10 @@ import jax
 import jax.numpy as jnp
 
 from mmtjax.errors import UserError
+from mmtjax.models import vit
 
-STAGES = ('stem', 'layer1', 'layer2', 'layer3', 'layer4')
+STAGES = vit.STAGES
+prefix_key = vit.prefix_key
 
 
 def _norm(train_bn: bool, axis_name: str | None, dtype: Any, name: str | None = None):
@@ -176,17 +179,23 @@ class Backbone(nn.Module):
       raise UserError(f"arch must be 'resnet' or 'vgg', got {self.arch!r}")
 
   def __call__(self, x: jax.Array, *, train_bn: bool, start: str = 'stem',
-               stop: str = 'layer4') -> dict[str, jax.Array]:
+               stop: str = 'layer4', prefix: jax.Array | None = None) -> dict[str, jax.Array]:
     """Runs stages start..stop on x ([B, H, W, C], the input of `start`).
 
-    Returns a dict from stage name to its output [B, h, w, c].
+    Returns a dict from stage name to its output [B, h, w, c]. `prefix` (a
+    ViT's cls and register tokens) has no meaning for a CNN.
     """
+    del prefix
     first, last = STAGES.index(start), STAGES.index(stop)
     outputs = {}
     for name, stage in zip(STAGES[first:last + 1], self.stages[first:last + 1]):
       x = stage(x, train_bn)
       outputs[name] = x
     return outputs
+
+  def readout(self, x: jax.Array) -> jax.Array:
+    """What a head reads from a stage's output: the map itself (a ViT: its final LayerNorm)."""
+    return x
 
 
 _BACKBONES = {
@@ -199,11 +208,23 @@ _BACKBONES = {
 }
 
 
+NAMES = tuple(sorted(_BACKBONES)) + tuple(sorted(vit.SPECS))
+
+
+def is_vit(name: str) -> bool:
+  """A DINOv2 / DINOv3 vision transformer (frozen by default; no BatchNorm, no stem options)."""
+  return name in vit.SPECS
+
+
 def get_backbone(name: str, *, stem: str | None = None, output_stride: int = 8,
-                 axis_name: str | None = None, dtype: Any = jnp.float32) -> Backbone:
-  """Builds a backbone by name: resnet50, resnet101, vgg16_bn, resnet_tiny."""
+                 axis_name: str | None = None, dtype: Any = jnp.float32,
+                 attention: str = 'fused') -> nn.Module:
+  """Builds a backbone by name: resnet50, resnet101, vgg16_bn, resnet_tiny, or a ViT of
+  models.vit.SPECS (dinov2_vitb14_reg, dinov3_vitl16, ...; stem and output_stride do not apply)."""
+  if is_vit(name):
+    return vit.VisionTransformer(vit.SPECS[name], attention=attention, dtype=dtype)
   if name not in _BACKBONES:
-    raise UserError(f'unknown backbone {name!r}; choose from {sorted(_BACKBONES)}')
+    raise UserError(f'unknown backbone {name!r}; choose from {list(NAMES)}')
   spec = dict(_BACKBONES[name])
   if stem is not None and spec['arch'] == 'resnet':
     spec['stem'] = stem

@@ -158,6 +158,7 @@ class MMNet(nn.Module):
   head_dropout: float = 0.1
   prior_stage: str = 'layer4'
   joint_backbone: bool = False
+  attention: str = 'fused'
   axis_name: str | None = None
   dtype: Any = jnp.float32
 
@@ -165,7 +166,8 @@ class MMNet(nn.Module):
     if self.backbone_bn not in ('batch', 'running'):
       raise UserError(f"backbone_bn must be 'batch' or 'running', got {self.backbone_bn!r}")
     self.encoder = backbones.get_backbone(self.backbone, stem=self.stem, output_stride=self.output_stride,
-                                          axis_name=self.axis_name, dtype=self.dtype)
+                                          axis_name=self.axis_name, dtype=self.dtype,
+                                          attention=self.attention)
     self.down_query = ConvReLU(self.reduce_dim, 1, self.dtype)
     self.down_support = ConvReLU(self.reduce_dim, 1, self.dtype)
     self.mid_drop = nn.Dropout(self.mid_dropout, broadcast_dims=(1, 2))
@@ -173,7 +175,8 @@ class MMNet(nn.Module):
     self.head = FEMHead(self.bins, self.bin_reference_size, self.reduce_dim, 2, self.head_dropout,
                         self.dtype)
 
-  def _backbone(self, groups: list[jax.Array], train_bn: bool, **stages) -> list[dict[str, jax.Array]]:
+  def _backbone(self, groups: list[jax.Array], train_bn: bool, prefixes: list | None = None,
+                **stages) -> list[dict[str, jax.Array]]:
     """The backbone's stages for the query and each shot (`groups`, B images each).
 
     With BatchNorm on batch statistics (training, backbone_bn 'batch') every
@@ -181,9 +184,11 @@ class MMNet(nn.Module):
     the batch. Otherwise BatchNorm is per image and, with joint_backbone,
     the groups share one batch (fewer, larger convolutions; same features).
     """
+    prefixes = prefixes or [None] * len(groups)  # a ViT's cls + register tokens, per group
     if train_bn or not self.joint_backbone or len(groups) == 1:
-      return [self.encoder(x, train_bn=train_bn, **stages) for x in groups]
-    joint = self.encoder(jnp.concatenate(groups, axis=0), train_bn=False, **stages)
+      return [self.encoder(x, train_bn=train_bn, prefix=p, **stages) for x, p in zip(groups, prefixes)]
+    joint_prefix = None if prefixes[0] is None else jnp.concatenate(prefixes, axis=0)
+    joint = self.encoder(jnp.concatenate(groups, axis=0), train_bn=False, prefix=joint_prefix, **stages)
     b = groups[0].shape[0]
     return [{name: v[i * b:(i + 1) * b] for name, v in joint.items()} for i in range(len(groups))]
 
@@ -203,8 +208,9 @@ class MMNet(nn.Module):
                                                   for shot in range(k)]
     feats = self._backbone(groups, train_bn, stop='layer3')
     h, w = feats[0]['layer3'].shape[1:3]
-    mids = [jnp.concatenate([f['layer3'], ops.resize_align_corners(f['layer2'], (h, w))], axis=-1)
-            for f in feats]
+    read = self.encoder.readout  # a ViT's final LayerNorm; a CNN's map as it is
+    mids = [jnp.concatenate([read(f['layer3']), ops.resize_align_corners(read(f['layer2']), (h, w))],
+                            axis=-1) for f in feats]
 
     fg, _ = ops.binary_masks(support_labels)  # [B, K, H, W]; 255 counts as background.
     fg = fg.reshape(b * k, hi, wi)
@@ -214,9 +220,10 @@ class MMNet(nn.Module):
     if self.prior_stage == 'layer4':
       inputs = [feats[0]['layer3']] + [feats[1 + shot]['layer3'] * masks[:, shot, ..., None]
                                        for shot in range(k)]
-      high = [f['layer4'] for f in self._backbone(inputs, train_bn, start='layer4')]
+      prefixes = [f.get(backbones.prefix_key('layer3')) for f in feats]
+      high = [read(f['layer4']) for f in self._backbone(inputs, train_bn, prefixes, start='layer4')]
     elif self.prior_stage == 'layer3':
-      high = [f['layer3'] for f in feats]
+      high = [read(f['layer3']) for f in feats]
     else:
       raise UserError(f"prior_stage must be 'layer4' or 'layer3', got {self.prior_stage!r}")
     high = [jax.lax.stop_gradient(x) for x in high]

@@ -37,6 +37,12 @@ class MMT(nn.Module):
     dropout: channel dropout after the projection (Dropout2d).
     cosine_scale: scale of the cosine logits (PANet: 20).
     memory: keyword arguments of StyleMemory.
+    attention: a ViT's attention, 'fused' (jax.nn.dot_product_attention) or 'plain'.
+
+  On a ViT (models/vit.py) the memory re-styles the residual stream's patch
+  tokens after `memory_stage` (channel statistics over the patch tokens; the
+  cls and register tokens pass unchanged), and the neck reads each feature
+  stage through the backbone's readout (the ViT's final LayerNorm).
   """
 
   backbone: str = 'resnet_tiny'
@@ -50,6 +56,7 @@ class MMT(nn.Module):
   cosine_scale: float = 20.0
   use_memory: bool = True
   memory: dict[str, Any] | None = None
+  attention: str = 'fused'
   axis_name: str | None = None
   dtype: Any = jnp.float32
 
@@ -63,7 +70,8 @@ class MMT(nn.Module):
                        f'{tuple(self.feature_stages)}')
     self.encoder = backbones.get_backbone(self.backbone, stem=self.stem,
                                           output_stride=self.output_stride,
-                                          axis_name=self.axis_name, dtype=self.dtype)
+                                          axis_name=self.axis_name, dtype=self.dtype,
+                                          attention=self.attention)
     if self.use_memory:
       self.style_memory = StyleMemory(**(self.memory or {}), axis_name=self.axis_name)
     self.neck = nn.Conv(self.embed_dim, (1, 1), use_bias=False, dtype=self.dtype)
@@ -85,18 +93,20 @@ class MMT(nn.Module):
       f_new, aux = self.style_memory(f, domain=restyle, train=train)
       orth = aux['orth_loss']
       diagnostics = self._memory_diagnostics(aux, restyle, episodes)
+      prefix = backbones.prefix_key(self.memory_stage)  # a ViT's cls + register tokens
       if restyle == 'source':
-        # Only the stages the neck reads are needed for both branches.
+        # Only the stages the neck reads (and the tokens the next stage needs) serve both branches.
         low = {k: jnp.concatenate([v, v], axis=0) for k, v in low.items()
-               if k in self.feature_stages}
+               if k in self.feature_stages or k == prefix}
         f_new = jnp.concatenate([f, f_new], axis=0)
       low[self.memory_stage] = f_new
     feats = dict(low)
     if self.memory_stage != self._last_stage:
       start = backbones.STAGES[backbones.STAGES.index(self.memory_stage) + 1]
       feats.update(self.encoder(low[self.memory_stage], train_bn=train_bn, start=start,
-                                stop=self._last_stage))
-    chosen = [feats[s] for s in self.feature_stages]
+                                stop=self._last_stage,
+                                prefix=low.get(backbones.prefix_key(self.memory_stage))))
+    chosen = [self.encoder.readout(feats[s]) for s in self.feature_stages]
     size = max((x.shape[1:3] for x in chosen), key=lambda hw: hw[0] * hw[1])
     x = jnp.concatenate([ops.resize_features(c, size) for c in chosen], axis=-1)
     x = nn.relu(self.neck(x))
