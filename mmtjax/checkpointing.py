@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from mmtjax.errors import UserError, warn
+from mmtjax.models import backbones
 
 # Config sections that define the network: a checkpoint is only restorable
 # under a config that agrees on these.
@@ -30,13 +31,18 @@ class CheckpointError(UserError):
   """A checkpoint that cannot be used (missing, corrupt, or from another model)."""
 
 
-# Fields of those sections that do not change the network once trained.
-_NOT_IN_SIGNATURE = ('pretrained',)
+# Fields of those sections that do not change the network once trained ('attention': the same
+# weights computed by a fused or a plain attention).
+_NOT_IN_SIGNATURE = ('pretrained', 'attention')
 
 
 def _model_signature(config: dict) -> dict:
-  return {k: {f: v for f, v in (config.get(k) or {}).items() if f not in _NOT_IN_SIGNATURE}
-          for k in _MODEL_FIELDS}
+  out = {k: {f: v for f, v in (config.get(k) or {}).items() if f not in _NOT_IN_SIGNATURE}
+         for k in _MODEL_FIELDS}
+  model = out.get('model', {})
+  if 'freeze_backbone' in model and model['freeze_backbone'] is None:  # unset: what it resolves to
+    model['freeze_backbone'] = backbones.is_vit(model.get('backbone', ''))
+  return out
 
 
 def _flatten(d: Any, prefix: str = '') -> dict:

@@ -12,6 +12,7 @@ import ml_collections
 import optax
 
 from mmtjax.errors import UserError
+from mmtjax.models import backbones
 
 MODEL_COLLECTIONS = ('batch_stats', 'memory')
 
@@ -36,9 +37,16 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   return optax.join_schedules([warmup, decay], [t.warmup_steps])
 
 
+def backbone_frozen(model_config: ml_collections.ConfigDict) -> bool:
+  """model.freeze_backbone, where unset (None): frozen for a ViT (DINOv2/DINOv3 are used frozen,
+  as the foundation-model methods do), trained for a CNN."""
+  frozen = model_config.get('freeze_backbone')
+  return backbones.is_vit(model_config.get('backbone', '')) if frozen is None else bool(frozen)
+
+
 def trainable_labels(params: Any, config: ml_collections.ConfigDict) -> Any:
   """'frozen' for backbone ('encoder') parameters when the backbone is frozen, else 'train'."""
-  frozen = config.model.get('freeze_backbone', False)
+  frozen = backbone_frozen(config.model)
 
   def label(path, _):
     top = getattr(path[0], 'key', None)

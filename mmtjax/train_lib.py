@@ -198,9 +198,9 @@ def _log_panels(log: _Log, step: int, prefix: str, model, rstate, config, split,
 def _load_pretrained(state, config: ml_collections.ConfigDict):
   """A fresh state whose backbone params and BatchNorm statistics come from model.pretrained."""
   m = config.model
-  arch = backbones.get_backbone(m.backbone, stem=m.stem).arch
   variables = convert.load_backbone(
-      m.pretrained, {'params': state.params, 'batch_stats': state.model_state['batch_stats']}, arch)
+      m.pretrained, {'params': state.params, 'batch_stats': state.model_state.get('batch_stats', {})},
+      backbones.get_backbone(m.backbone, stem=m.stem))
   say(f'backbone weights from {m.pretrained}')
   return state.replace(params=variables['params'],
                        model_state={**state.model_state, 'batch_stats': variables['batch_stats']})

@@ -187,7 +187,7 @@ def test_resnet_weights_map_onto_the_backbone(tmp_path):
   write_pth(path, state)
   model_vars = {'params': {'encoder': variables['params'], 'head': {'w': np.zeros(3)}},
                 'batch_stats': {'encoder': variables['batch_stats']}}
-  out = convert.load_backbone(path, model_vars, 'resnet')
+  out = convert.load_backbone(path, model_vars, backbones.get_backbone('resnet_tiny'))
   np.testing.assert_array_equal(out['params']['encoder']['stages_2']['BasicBlock_0']['Conv_1']['kernel'],
                                 np.transpose(state['layer2.0.conv2.weight'], (2, 3, 1, 0)))
   np.testing.assert_array_equal(out['batch_stats']['encoder']['stages_0']['BatchNorm_2']['var'],
@@ -216,7 +216,7 @@ def test_missing_unused_and_misshaped_tensors_are_named(tmp_path):
     path = str(tmp_path / 'broken.pth')
     write_pth(path, broken)
     with pytest.raises(torch_pth.WeightsError, match=message):
-      convert.load_backbone(path, model_vars, 'resnet')
+      convert.load_backbone(path, model_vars, backbones.get_backbone('resnet_tiny'))
 
 
 def test_vgg16_bn_layer_indices_follow_torchvision():
@@ -271,7 +271,7 @@ def test_backbone_from_another_mmtjax_run(tfds_dir, tmp_path):
   big = jax.eval_shape(lambda: create_train_state(get_model(other), other)[0])
   with pytest.raises(torch_pth.WeightsError, match='has shape .* the model needs'):
     convert.load_backbone(other.model.pretrained, {'params': big.params, 'batch_stats': big.model_state['batch_stats']},
-                          'resnet')
+                          backbones.get_backbone('resnet50'))
 
 
 class _Payload:

@@ -12,6 +12,7 @@ from mmtjax import losses
 from mmtjax.methods.base import Method
 from mmtjax.methods.mmt import _dtype
 from mmtjax.models.mmnet import MMNet
+from mmtjax.models.vit import ATTENTIONS
 
 
 class MMNetMethod(Method):
@@ -35,6 +36,7 @@ class MMNetMethod(Method):
         freeze_backbone=True,
         # PSPNet deep-stem ResNet-50 .pth (PFENet's initmodel/resnet50_v2.pth), read without PyTorch.
         pretrained=config_dict.placeholder(str),
+        attention='fused',         # a ViT's attention: 'fused' (jax.nn.dot_product_attention) or 'plain'
         reduce_dim=256,
         num_meta_classes=50,
         meta_init_std=1.0,
@@ -48,7 +50,7 @@ class MMNetMethod(Method):
     if variant == 'cpu':
       # The tiny backbone (no pretrained weights, so it trains), a narrower head;
       # the prior from layer3, which trains through the mid-level path.
-      model.update(backbone='resnet_tiny', stem=config_dict.placeholder(str), freeze_backbone=False,
+      model.update(backbone='resnet_tiny', stem=config_dict.placeholder(str), freeze_backbone=config_dict.placeholder(bool),
                    reduce_dim=64, prior_stage='layer3')
     return {'model': model, 'loss': dict(aux=1.0, recon=0.1)}
 
@@ -59,6 +61,7 @@ class MMNetMethod(Method):
         (m.num_meta_classes >= 1, 'model.num_meta_classes must be >= 1'),
         (m.get('recon_block', 0) >= 0, 'model.recon_block must be >= 0 (0: the whole [P, P] matrix)'),
         ({'aux', 'recon'} <= set(config.loss), 'loss needs the fields aux and recon for mmnet'),
+        (m.get('attention', 'fused') in ATTENTIONS, f'model.attention must be one of {ATTENTIONS}'),
     ]
 
   def build(self, config: ml_collections.ConfigDict, axis_name: str | None = None) -> MMNet:
@@ -69,7 +72,7 @@ class MMNetMethod(Method):
                  recon_block=m.get('recon_block', 0), bins=tuple(m.bins),
                  bin_reference_size=m.bin_reference_size, mid_dropout=m.mid_dropout,
                  head_dropout=m.head_dropout, prior_stage=m.prior_stage,
-                 joint_backbone=m.get('joint_backbone', False))
+                 joint_backbone=m.get('joint_backbone', False), attention=m.get('attention', 'fused'))
 
   def loss(self, outputs: Mapping[str, Any], query_labels, weights, axis_name):
     del axis_name

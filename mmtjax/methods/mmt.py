@@ -13,6 +13,7 @@ from mmtjax import config_lib, losses
 from mmtjax.methods.base import Method
 from mmtjax.models import backbones, style_memory
 from mmtjax.models.mmt import MMT
+from mmtjax.models.vit import ATTENTIONS
 
 
 class MMTMethod(Method):
@@ -38,8 +39,10 @@ class MMTMethod(Method):
             stem=config_dict.placeholder(str),  # ResNet stem override: 'torchvision' or 'deep'
             output_stride=8,
             backbone_bn='batch',       # 'batch' or 'running'
-            freeze_backbone=False,     # the tiny backbone has no pretrained weights
-            pretrained=config_dict.placeholder(str),  # torchvision-style .pth for the backbone
+            # None: frozen for a ViT, trained for a CNN (the tiny one has no pretrained weights)
+            freeze_backbone=config_dict.placeholder(bool),
+            pretrained=config_dict.placeholder(str),  # torchvision-style or Meta's DINO .pth
+            attention='fused',         # a ViT's attention: 'fused' (jax.nn.dot_product_attention) or 'plain'
             memory_stage='layer1',
             feature_stages=('layer2', 'layer3'),
             embed_dim=64,
@@ -66,6 +69,7 @@ class MMTMethod(Method):
         (not known or stages.index(m.memory_stage) <= max(stages.index(s) for s in m.feature_stages),
          'model.memory_stage must not lie above every model.feature_stages'),
         ({'orth', 'cont'} <= set(config.loss), f'loss needs the fields orth and cont for {self.name}'),
+        (m.get('attention', 'fused') in ATTENTIONS, f'model.attention must be one of {ATTENTIONS}'),
     ]
     if self.use_memory:
       mem = config.memory
@@ -89,7 +93,7 @@ class MMTMethod(Method):
     return MMT(backbone=m.backbone, stem=m.stem, output_stride=m.output_stride, backbone_bn=m.backbone_bn,
                axis_name=axis_name, dtype=_dtype(config), memory_stage=m.memory_stage,
                feature_stages=tuple(m.feature_stages), embed_dim=m.embed_dim, dropout=m.dropout,
-               cosine_scale=m.cosine_scale, use_memory=self.use_memory,
+               cosine_scale=m.cosine_scale, use_memory=self.use_memory, attention=m.get('attention', 'fused'),
                memory=dict(config.memory) if self.use_memory else None)
 
   def loss(self, outputs: Mapping[str, Any], query_labels, weights, axis_name):

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 STAGES = ('stem', 'layer1', 'layer2', 'layer3', 'layer4')
+ATTENTIONS = ('fused', 'plain')  # jax.nn.dot_product_attention, or einsum + softmax in float32
 
 
 def prefix_key(stage: str) -> str:
@@ -203,6 +204,8 @@ class Attention(nn.Module):
         return jnp.concatenate([t[:, :p], (t32 * cos + _rotate_half(t32) * sin).astype(t.dtype)], axis=1)
 
       q, k = rotate(q), rotate(k)
+    if self.attention not in ATTENTIONS:
+      raise ValueError(f'attention must be one of {ATTENTIONS}, got {self.attention!r}')
     if self.attention == 'fused':
       out = jax.nn.dot_product_attention(q, k, v)
     else:

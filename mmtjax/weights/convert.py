@@ -1,4 +1,5 @@
-"""torchvision / PSPNet state dicts -> the Flax variables of mmtjax's Backbone.
+"""torchvision / PSPNet state dicts -> the Flax variables of mmtjax's Backbone (and the
+entry point, load_backbone, that also reads Meta's ViT files through weights.vit).
 
 Names: a torchvision ResNet (conv1, bn1, layerN.B.convK / bnK / downsample.0-1),
 PSPNet's deep-stem ResNet as PFENet and MM-Net load it (conv1-3 and bn1-3 in
@@ -18,6 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from mmtjax.weights import vit as vit_weights
 from mmtjax.weights.torch_pth import WeightsError, load_state_dict
 
 _IGNORED = re.compile(r'^(fc|classifier)\.|num_batches_tracked$')
@@ -100,6 +102,7 @@ def _from_mmtjax_run(workdir: str, template: dict) -> dict:
   ckpts.close()
   loaded = {'params': saved['params'].get('encoder'),
             'batch_stats': saved['model_state'].get('batch_stats', {}).get('encoder')}
+  loaded = {c: loaded[c] for c in template}
 
   def take(path, leaf):
     node = loaded
@@ -116,15 +119,24 @@ def _from_mmtjax_run(workdir: str, template: dict) -> dict:
   return jax.tree_util.tree_map_with_path(take, template)
 
 
-def load_backbone(path: str, variables: dict, arch: str) -> dict:
+def load_backbone(path: str, variables: dict, backbone: Any) -> dict:
   """`variables` (params and batch_stats of a model) with their 'encoder' parts from `path`:
-  a PyTorch .pth file, or the workdir of another mmtjax run (its latest checkpoint)."""
-  template = jax.device_get({c: variables[c]['encoder'] for c in ('params', 'batch_stats')})
+  a PyTorch .pth file, or the workdir of another mmtjax run (its latest checkpoint).
+
+  `backbone` is the model's backbone module (models.backbones.get_backbone): its `arch` picks
+  the key layout ('resnet', 'vgg', or a ViT family, whose weights are Meta's, read by
+  weights.vit; a ViT has no BatchNorm statistics).
+  """
+  vit_spec = getattr(backbone, 'spec', None)
+  collections = ('params',) if vit_spec is not None else ('params', 'batch_stats')
+  template = jax.device_get({c: variables[c]['encoder'] for c in collections})
   if os.path.isdir(os.path.join(path, 'checkpoints')):
     loaded = _from_mmtjax_run(path, template)
+  elif vit_spec is not None:
+    loaded = vit_weights.vit_from_torch(load_state_dict(path), template, vit_spec)
   else:
-    loaded = backbone_from_torch(load_state_dict(path), template, arch)
+    loaded = backbone_from_torch(load_state_dict(path), template, backbone.arch)
   out: dict[str, Any] = {c: dict(variables[c]) for c in variables}
-  for c in ('params', 'batch_stats'):
+  for c in collections:
     out[c]['encoder'] = loaded[c]
   return out
