@@ -24,6 +24,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from mmtjax import config_lib, methods
+from mmtjax.data import episodes, protocols
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -61,7 +62,7 @@ def data_section(dataset: str, shot: int, fold: int, **fields) -> ml_collections
       # target domain); with a fold, its novel classes.
       val_split=config_dict.placeholder(str),
       test_split=config_dict.placeholder(str),
-      min_pixels=48,              # PFENet's rule is 2*32*32 at 473 px; scaled to 96 px images
+      min_pixels=episodes.MIN_PIXELS,  # 48; PFENet's rule is 2*32*32 at 473 px; scaled to 96 px images
       augment='flip',             # 'none', 'flip' or 'mmnet' (PFENet/MM-Net augmentation)
       protocol=config_dict.placeholder(str),  # test episodes: 'custom' (eval.*), 'hsnet' or 'pfenet'
       num_workers=4,
@@ -94,5 +95,6 @@ def _shared(config: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict
   )
   # Test episodes use `seed`; validation episodes use seed + 1.
   # kshot: 'model' (the method's own k-shot path) or 'vote' (HSNet's vote of k 1-shot predictions).
-  config.eval = dict(num_episodes=300, batch_size=16, seed=0, val_episodes=100, kshot='model')
+  config.eval = dict(num_episodes=protocols.CUSTOM_EPISODES, batch_size=16, seed=protocols.CUSTOM_SEED,
+                     val_episodes=100, kshot='model')
   return ml_collections.ConfigDict(config)

@@ -152,7 +152,7 @@ def run(config, *, steps: int = 30, warmup: int = 3, eval_episodes: int = 256, p
   step = compiled  # The same executable from here on (a pmap call would compile its own).
   for _ in range(warmup):
     rstate, stats = step(rstate, batch)
-  jax.block_until_ready(stats)
+  jax.block_until_ready(rstate)
   times = []
   for _ in range(steps):
     t = time.perf_counter()
@@ -257,6 +257,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   command = 'python -m mmtjax.bench ' + ' '.join(sys.argv[1:])
+  if _STEPS.value < 1 or _WARMUP.value < 0 or _EVAL_EPISODES.value < 0 or _PIPELINE_STEPS.value < 1:
+    cli.fail('--steps and --pipeline_steps must be >= 1, --warmup and --eval_episodes >= 0')
   result = cli.run(lambda: run(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value,
                                eval_episodes=_EVAL_EPISODES.value, pipeline_steps=_PIPELINE_STEPS.value,
                                peak=_PEAK.value))
@@ -267,7 +269,7 @@ def main(argv):
     path = cli.run(lambda: eval_lib.write_text(os.path.expanduser(_JSON.value), text + '\n'))
     print(f'json: {path}')
   else:
-    print(text)
+    print('(--json PATH writes every field, the config included)')
 
 
 if __name__ == '__main__':

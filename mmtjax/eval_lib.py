@@ -8,6 +8,7 @@ import itertools
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -118,10 +119,18 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
             'episodes_per_s': round(later / steady, 2) if later and steady > 0 else None,
             'input_wait_s': round(waited, 3),
             'host_wait_share': round(waited / steady, 4) if later and steady > 0 else None}
-  return {'dataset': dataset, 'split': split_name or config.data.test_split, 'shot': config.data.shot,
-          'protocol': protocol.name, 'seed': protocol.seed, 'kshot': kshot, 'num_episodes': len(episodes),
-          'episodes_sha256': episode_lists.list_sha256(episode_lists.episode_lines(episodes, split)),
-          **timing, 'results': results}
+  lines = episode_lists.episode_lines(episodes, split)
+  tested = sorted({int(c) for r in results.values() for c in r['per_class']})
+  report = {'dataset': dataset, 'split': split_name or config.data.test_split, 'shot': config.data.shot,
+            'protocol': protocol.name, 'seed': protocol.seed, 'kshot': kshot, 'num_episodes': len(episodes),
+            'episodes_sha256': episode_lists.list_sha256(lines),
+            'class_names': {str(c): split.class_name(c) for c in tested}}
+  if split.classes_note:
+    report['classes_note'] = split.classes_note
+  distinct = len({(e.class_id, e.query, tuple(e.supports)) for e in episodes})
+  if distinct < len(episodes):  # a small target: the seeded draws repeat (query, supports) pairs
+    report['distinct_episodes'] = distinct
+  return {**report, **timing, 'results': results}
 
 
 def _common_canvas(batch: dict) -> dict:
@@ -226,13 +235,21 @@ def format_report(report: dict) -> str:
   """A plain-text table: one row per memory mode, one column per class."""
   modes = list(report['results'])
   classes = sorted({c for m in modes for c in report['results'][m]['per_class']}, key=int)
-  head = f"{'mode':<11} {'mIoU':>6} {'FB-IoU':>7} " + ' '.join(f'{"c" + c:>6}' for c in classes)
+  names = [report.get('class_names', {}).get(c, f'c{c}') for c in classes]
+  widths = [max(6, len(n)) for n in names]
+  width = max(11, *(len(m) for m in modes))
+  head = f"{'mode':<{width}} {'mIoU':>6} {'FB-IoU':>7} " + ' '.join(f'{n:>{w}}' for n, w in zip(names, widths))
   kshot = ', HSNet vote' if report.get('kshot') == 'vote' and report['shot'] > 1 else ''
-  lines = [f"{report['split']}, {report['shot']}-shot{kshot}, {report['num_episodes']} episodes", head]
+  distinct = (f" ({report['distinct_episodes']} distinct: the target is small, draws repeat)"
+              if report.get('distinct_episodes') else '')
+  lines = [f"{report['split']}, {report['shot']}-shot{kshot}, {report['num_episodes']} episodes{distinct}"]
+  if report.get('classes_note'):
+    lines.append(report['classes_note'])
+  lines.append(head)
   for m in modes:
     r = report['results'][m]
-    cells = ' '.join(f"{r['per_class'].get(c, float('nan')):6.1f}" for c in classes)
-    lines.append(f"{m:<11} {r['miou']:6.2f} {r['fb_iou']:7.2f} {cells}")
+    cells = ' '.join(f"{r['per_class'].get(c, float('nan')):{w}.1f}" for c, w in zip(classes, widths))
+    lines.append(f"{m:<{width}} {r['miou']:6.2f} {r['fb_iou']:7.2f} {cells}")
   for m in modes:
     for key, counts in report['results'][m].items():
       if key.startswith('memory_item_'):
@@ -261,6 +278,34 @@ def unused_path(path: str) -> str:
   while os.path.exists(path):
     path, n = f'{stem}.{n}{ext}', n + 1
   return path
+
+
+def _writable(directory: str) -> bool:
+  """Whether a file can be created in `directory` (a probe file, removed: os.access says yes
+  to root on a read-only mount's permissions and cannot see every read-only case)."""
+  try:
+    with tempfile.NamedTemporaryFile(dir=directory, prefix='.mmtjax_write_probe'):
+      return True
+  except OSError:
+    return False
+
+
+def check_destination(output: str | None, directory: str) -> None:
+  """One line, before any work, when the reports could not be written: --output names a
+  folder, a file in a folder that does not exist or is read-only, or (without --output) the
+  directory the reports go to is read-only."""
+  if output:
+    if os.path.isdir(output):
+      raise UserError(f'--output {output} is a directory; give a file name (e.g. {output}/report.json)')
+    parent = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(parent):
+      raise UserError(f'--output {output}: directory {parent} does not exist; create it or give a path in an '
+                      f'existing folder')
+    if not _writable(parent):
+      raise UserError(f'--output {output}: directory {parent} is not writable; give a path in a writable folder')
+  elif os.path.isdir(directory) and not _writable(directory):
+    raise UserError(f'cannot write the reports into {directory} (not writable): give --output PATH in a '
+                    f'writable folder')
 
 
 def write_report(report: dict, path: str) -> str:
@@ -399,6 +444,11 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, *, test_datasets: lis
   per_run = '{seed}' in workdir
   if per_run and not seeds:
     raise UserError(f'--workdir {workdir} holds {{seed}}: give the training seeds with --seeds, e.g. 0,1,2')
+  if seeds and min(seeds) < 0:
+    raise UserError(f'seeds must be >= 0 (they seed numpy generators), got {",".join(map(str, seeds))}')
+  if jax.process_index() == 0:  # Before any work: where the reports will go must take them.
+    check_destination(output, os.path.commonpath([os.path.abspath(workdir.format(seed=s)) for s in seeds])
+                      if per_run else workdir)
   targets, skipped = {}, []
   for name in names:
     cfg = _target_config(config, name, manual_dirs.get(name))
@@ -475,7 +525,7 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, *, test_datasets: lis
              f"k-shot: {config.eval.get('kshot', 'model')}; protocols: "
              + ', '.join(f"{n} {r['protocol']}" for n, r in {r['dataset']: r for r in runs}.items())
              + ''.join(f"; not evaluated: {x['dataset']} ({x['reason']})" for x in skipped) + '.')
-  report['markdown_path'] = write_text(stem + '.md', reports.markdown(reports.summarize(runs), method, caption))
+  report['markdown_path'] = write_text(stem + '.md', reports.markdown(reports.summarize(runs), method, caption, runs))
   panels, source = unused_path(stem + '_predictions'), None
   for name, cfg in targets.items():
     done = [r for r in runs if r['dataset'] == name]

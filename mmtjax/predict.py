@@ -33,7 +33,7 @@ from PIL import Image
 
 from mmtjax import checkpointing, methods, parallel
 from mmtjax.data import datasets, protocols, transforms
-from mmtjax.errors import UserError
+from mmtjax.errors import UserError, warn
 from mmtjax.models import get_model
 from mmtjax.state import create_train_state
 
@@ -130,14 +130,22 @@ class Predictor:
     if not supports or len(supports) != len(support_masks):
       raise UserError(f'need K >= 1 support images and as many masks, got {len(supports)} and '
                       f'{len(support_masks)}')
-    shots_img, shots_lab = [], []
+    shots_img, shots_lab, full = [], [], []
     for k, (image, mask) in enumerate(zip(supports, support_masks)):
       image, mask = _rgb(image, f'support {k}'), _binary(mask, f'support mask {k}')
+      if mask.all():
+        full.append(k)
       if image.shape[:2] != mask.shape:
         raise UserError(f'support {k}: image {image.shape[:2]} and mask {mask.shape} differ in size')
       im, lab, _ = self._prepare(image, mask)
       shots_img.append(im)
       shots_lab.append(lab)
+    if full and len(full) == len(support_masks):
+      raise UserError(f'support mask{"s" if len(full) > 1 else ""} {", ".join(map(str, full))} cover the whole '
+                      f'image: the model compares the object with its background, so at least one support must '
+                      f'show background (crop a wider view, or add a support that does)')
+    for k in full:
+      warn(f'support mask {k} covers the whole image (no background); the other supports give the background')
     rgb = [_rgb(q, f'query {i}') for i, q in enumerate(queries)]
     prepared = [self._prepare(q, None) for q in rgb]
     n = len(prepared)

@@ -105,13 +105,37 @@ def terminal_table(summary: Sequence[dict], method: str) -> str:
   return '\n'.join(out).rstrip()
 
 
-def markdown(summary: Sequence[dict], method: str, caption: str) -> str:
-  """The papers' table layout in Markdown: one table for mIoU, one for FB-IoU."""
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+  return ['| ' + ' | '.join(header) + ' |', '|' + '|'.join([':---'] + ['---:'] * (len(header) - 1)) + '|',
+          *('| ' + ' | '.join(row) + ' |' for row in rows)]
+
+
+def per_class(runs: Sequence[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
+  """(title, header, rows) per (dataset, shot): one row per eval mode, one column per class
+  (named), IoU mean ± std over the runs' seeds."""
+  out = []
+  for dataset, shot in dict.fromkeys((r['dataset'], r['shot']) for r in runs):
+    group = [r for r in runs if r['dataset'] == dataset and r['shot'] == shot]
+    names = {c: n for r in group for c, n in r.get('class_names', {}).items()}
+    modes = list(dict.fromkeys(m for r in group for m in r['results']))
+    classes = sorted({c for r in group for m in modes for c in r['results'][m]['per_class']}, key=int)
+    rows = []
+    for mode in modes:
+      cells = [cell_text(*mean_std([r['results'][mode]['per_class'][c] for r in group
+                                    if c in r['results'][mode]['per_class']])) for c in classes]
+      rows.append([mode, *cells])
+    title = f'{DATASET_NAMES.get(dataset, dataset)} {shot}-shot: per-class IoU (%), {len(group)} seed(s)'
+    out.append((title, ['mode', *(names.get(c, f'class {c}') for c in classes)], rows))
+  return out
+
+
+def markdown(summary: Sequence[dict], method: str, caption: str, runs: Sequence[dict] = ()) -> str:
+  """The papers' table layout in Markdown: one table for mIoU, one for FB-IoU; then, given the
+  runs, per-class IoU by class name for each dataset and shot."""
   out = [caption, '']
   for metric, title in (('miou', 'mIoU (%)'), ('fb_iou', 'FB-IoU (%)')):
     header, rows = _grid(summary, method, metric)
-    out += [f'**{title}**', '', '| ' + ' | '.join(header) + ' |',
-            '|' + '|'.join([':---'] + ['---:'] * (len(header) - 1)) + '|']
-    out += ['| ' + ' | '.join(row) + ' |' for row in rows]
-    out.append('')
+    out += [f'**{title}**', '', *_table(header, rows), '']
+  for title, header, rows in per_class(runs):
+    out += [f'**{title}**', '', *_table(header, rows), '']
   return '\n'.join(out)

@@ -27,14 +27,22 @@ class TrainState:
   rng: jax.Array  # [2] uint32 raw key
 
 
+def warmup_steps(train_config: ml_collections.ConfigDict) -> int:
+  """train.warmup_steps, clipped to a tenth of the run when the run is not longer than it (a
+  smoke test of a few steps would otherwise train at a learning rate of almost 0)."""
+  t = train_config
+  return t.warmup_steps if t.num_steps > t.warmup_steps else t.num_steps // 10
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   """Linear warm-up, then poly decay lr * (1 - t/T)^power (PFENet/MM-Net use power 0.9)."""
   t = config.train
-  decay = optax.polynomial_schedule(t.lr, 0.0, t.poly_power, max(1, t.num_steps - t.warmup_steps))
-  if t.warmup_steps <= 0:
+  warm = warmup_steps(t)
+  decay = optax.polynomial_schedule(t.lr, 0.0, t.poly_power, max(1, t.num_steps - warm))
+  if warm <= 0:
     return decay
-  warmup = optax.linear_schedule(0.0, t.lr, t.warmup_steps)
-  return optax.join_schedules([warmup, decay], [t.warmup_steps])
+  warmup = optax.linear_schedule(0.0, t.lr, warm)
+  return optax.join_schedules([warmup, decay], [warm])
 
 
 def backbone_frozen(model_config: ml_collections.ConfigDict) -> bool:

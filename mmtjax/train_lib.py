@@ -21,9 +21,9 @@ from jax.experimental import multihost_utils
 from mmtjax import checkpointing, config_lib, eval_lib, methods, parallel, tensorboard_events
 from mmtjax.data import datasets, pipeline, protocols
 from mmtjax.data.episodes import EpisodeSampler
-from mmtjax.errors import DivergedError, Terminated, UserError
+from mmtjax.errors import DivergedError, Terminated, UserError, warn
 from mmtjax.models import backbones, get_model
-from mmtjax.state import create_train_state, learning_rate_schedule, trainable_labels
+from mmtjax.state import create_train_state, learning_rate_schedule, trainable_labels, warmup_steps
 from mmtjax.weights import convert
 
 
@@ -304,6 +304,11 @@ def _train(config, workdir, *, devices, stop_after_steps) -> TrainResult:
   say(f'model {config.model.name} ({config.model.get("backbone", "-")}, {n_params / 1e6:.2f}M params) | '
       f'{jax.process_count()} process(es) x {n_dev} device(s) x {per_device} episodes | '
       f'{config.data.shot}-shot | train {config.data.train_split} ({len(train_split.classes)} classes)')
+  if train_split.classes_note:
+    say(f'classes: {train_split.classes_note}')
+  if 0 < t.num_steps <= t.warmup_steps:
+    warn(f'train.num_steps={t.num_steps} is not longer than the warm-up (train.warmup_steps={t.warmup_steps}): '
+         f'the warm-up is clipped to {warmup_steps(t)} steps')
 
   labels = trainable_labels(state.params, config)
   rstate = parallel.replicate(state, devices)
@@ -394,7 +399,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
 def _final_evaluation(model, rstate, config, workdir: str, num_steps: int, devices) -> dict:
   test_data = datasets.test_data(config.data)
   test_split = datasets.load_split(test_data, config.data.test_split, training=False)
-  say(f'testing on {test_data.dataset}/{config.data.test_split} ({len(test_split.classes)} classes)')
+  say(f'testing on {test_data.dataset}/{config.data.test_split} ({len(test_split.classes)} classes: '
+      f'{", ".join(test_split.class_name(c) for c in test_split.classes)})')
   report = eval_lib.evaluate_variables(model, parallel.eval_variables(rstate), config, test_split,
                                        devices=devices)
   report['step'] = num_steps

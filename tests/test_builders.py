@@ -448,7 +448,7 @@ def _folder_tree(root, classes=('cat', 'dog', 'fox'), n=4):
       _mask(str(root / c / f'img{i}_mask.png'), m if i % 2 else (m > 0))  # 0/255 and 1-bit-as-bool
 
 
-def test_folder_builder_and_its_bad_input(tmp_path):
+def test_folder_builder_and_its_bad_input(tmp_path, capsys):
   root = tmp_path / 'mine'
   _folder_tree(root)
   _image(str(root / 'cat' / 'orphan.jpg'), 20, 28, fmt='JPEG')  # no mask
@@ -456,17 +456,76 @@ def test_folder_builder_and_its_bad_input(tmp_path):
   _mask(str(root / 'dog' / 'small_mask.png'), np.ones((10, 10), np.uint8) * 255)  # another size
   (root / 'fox' / 'empty.jpg').write_bytes(b'')  # zero bytes
   _mask(str(root / 'fox' / 'empty_mask.png'), np.ones((20, 28), np.uint8) * 255)
+  (root / 'fox' / 'text.jpg').write_text('not a picture')  # a text file named .jpg
+  _mask(str(root / 'fox' / 'text_mask.png'), np.ones((20, 28), np.uint8) * 255)
+  _image(str(root / 'fox' / 'blank.jpg'), 20, 28, fmt='JPEG')
+  _mask(str(root / 'fox' / 'blank_mask.png'), np.zeros((20, 28), np.uint8))  # all zero
   data = _data('folder', tmp_path, root)
   split = datasets.load_split(data, 'train', training=True)  # no split folders: 'images' serves every name
-  assert split.classes == (1, 2, 3) and len(split.source) == 12
+  # One console line per kind of skipped file: its count, the first file and the report.
+  lines = sorted(ln for ln in capsys.readouterr().err.splitlines() if ln.startswith('warning: '))
+  where = f"build report: {tmp_path / 'tfds'}"
+  assert len(lines) == 4 and all(where in ln for ln in lines), lines
+  assert f"skipped 1 masks of another size than their image (first: {root / 'dog' / 'small.jpg'})" in ' '.join(lines)
+  assert any(f"skipped 2 unreadable files (first: {root / 'fox'}" in ln for ln in lines)
+  assert any(f"skipped 1 masks without foreground (dropped) (first: {root / 'fox' / 'blank.jpg'})" in ln for ln in lines)
+  assert any("1 images without a <name>_mask file were skipped (first: " in ln for ln in lines)
+  assert split.classes == (2, 3) and len(split.source) == 12  # fold 0 tests cat
   builder = datasets.load_raw_builder('folder', data.data_dir, data.manual_dir)
   assert builder.info.metadata['class_names'] == ['cat', 'dog', 'fox']
   report = _report(data)['images']
-  assert len(report['skipped_corrupt']) == 2 and 'differ in size' in ' '.join(report['skipped_corrupt'])
+  assert len(report['skipped_corrupt']) == 3 and 'differ in size' in ' '.join(report['skipped_corrupt'])
   assert 'empty.jpg' in ' '.join(report['skipped_corrupt'])
+  assert 'text.jpg: cannot decode' in ' '.join(report['skipped_corrupt']) and 'BytesIO' not in str(report)
   assert '1 images without a <name>_mask file' in report['notes'][0]
   with pytest.raises(raw.RawDataError, match='holds no class folders'):
     datasets.load_split(_data('folder', tmp_path, tmp_path / 'mine' / 'cat'), 'test', training=False)
+
+
+def test_a_folder_without_split_folders_is_few_shot_by_folds(tmp_path):
+  """No test class in any training or validation episode; validation images never train."""
+  from mmtjax.data.builders import folder
+  from mmtjax.data.episodes import EpisodeSampler
+  names = ('ant', 'bee', 'cat', 'dog', 'eel')
+  _folder_tree(tmp_path / 'mine', classes=names, n=4)
+  for fold in range(4):
+    data = _data('folder', tmp_path, tmp_path / 'mine', fold=fold)
+    train, val, test = (datasets.load_split(data, s, training=s == 'train') for s in ('train', 'val', 'test'))
+    expected = {0: (1, 2), 1: (3,), 2: (4,), 3: (5,)}[fold]  # contiguous blocks, as PASCAL-5i's folds
+    assert test.classes == expected and set(train.classes) == set(val.classes) == set(range(1, 6)) - set(expected)
+    assert f'testing {", ".join(names[c - 1] for c in expected)}' in test.classes_note
+    records = {c: {int(r) for r in train.index[c]} for c in train.classes}
+    held = {c: {int(r) for r in val.index[c]} for c in val.classes}
+    for c in train.classes:
+      assert len(records[c]) == 3 and len(held[c]) == 1 and not records[c] & held[c]
+    sampler = EpisodeSampler(train.index, train.classes, 1, seed=0)
+    for i in range(50):
+      e = sampler.episode(0, i)
+      assert e.class_id not in expected
+      assert {e.query, *e.supports} <= records[e.class_id]  # training images of a training class only
+  with pytest.raises(UserError, match='5 classes make 4 folds: data.fold must be 0..3'):
+    datasets.load_split(_data('folder', tmp_path, tmp_path / 'mine', fold=4), 'test', training=False)
+  assert folder.fold_classes(3, 2) == (3,)
+  _folder_tree(tmp_path / 'one', classes=('cat',), n=4)
+  with pytest.raises(UserError, match='1 class folder.* cannot test unseen classes'):
+    datasets.load_split(_data('folder', tmp_path, tmp_path / 'one'), 'train', training=True)
+  # The same folder as the target of a model trained on other data: every class is a test class.
+  target = datasets.test_data(ml_collections.ConfigDict(dict(
+      dataset='mmtjax_shapes', test_dataset='folder', manual_dir=None, test_manual_dir=str(tmp_path / 'mine'),
+      data_dir=str(tmp_path / 'tfds'), fold=-1, min_pixels=4)))
+  assert datasets.load_split(target, 'test', training=False).classes == (1, 2, 3, 4, 5)
+
+
+def test_split_folders_sharing_classes_with_train_are_a_warning(tmp_path, capsys):
+  _folder_tree(tmp_path / 'd' / 'train', classes=('a', 'b'), n=2)
+  _folder_tree(tmp_path / 'd' / 'test', classes=('b', 'c'), n=2)
+  data = _data('folder', tmp_path, tmp_path / 'd')
+  assert datasets.load_split(data, 'test', training=False).classes == (2, 3)
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('warning: folder: the test split shares 1 of its 2 classes '
+                                                 'with train (b)'), lines
+  with pytest.raises(UserError, match='has split folders, which choose the classes; data.fold must be -1'):
+    datasets.load_split(_data('folder', tmp_path, tmp_path / 'd', fold=0), 'test', training=False)
 
 
 def test_folder_split_folders_keep_class_ids(tmp_path):
@@ -542,3 +601,21 @@ def test_a_test_dataset_override_takes_the_targets_own_split():
   config.data.test_dataset = 'isic2018'
   config = datasets.resolve(config, training=False)
   assert (config.data.test_split, config.data.train_split, config.data.protocol) == ('test', 'source_train', 'custom')
+
+
+def test_the_episodes_command_lists_the_evaluations_episodes_without_flags(tmp_path, capsys):
+  """Its defaults are the config's (protocol, min_pixels, episode count and seed): same SHA-256."""
+  from configs import default
+  from mmtjax.data import protocols
+  _folder_tree(tmp_path / 'mine', classes=('ant', 'bee', 'cat'), n=6)
+  config = default.get_config('dataset=folder')
+  config.data.update(dict(data_dir=str(tmp_path / 'tfds'), manual_dir=str(tmp_path / 'mine')))
+  datasets.resolve(config, training=False)
+  test = datasets.test_data(config.data)
+  split = datasets.load_split(test, config.data.test_split, training=False)
+  lines = episodes.episode_lines(episodes.protocol_episodes(
+      split, test, protocols.test_protocol(test, config.eval), config.data.shot), split)
+  episodes.main(['--dataset', 'folder', '--manual_dir', str(tmp_path / 'mine'), '--data_dir',
+                 str(tmp_path / 'tfds'), '--out', str(tmp_path / 'list.jsonl')])
+  assert f'(sha256 {episodes.list_sha256(lines)})' in capsys.readouterr().out
+  assert len(lines) == 300 and {ln['class_name'] for ln in lines} == {'ant'}  # fold 0's test class

@@ -127,6 +127,11 @@ def test_sweep_reports_every_dataset_shot_and_seed(tfds_dir, trained_workdir):
   # Memory transfer on and off, in the mIoU and the FB-IoU table.
   assert len(rows) == 4 and '| Method | shapes 1-shot | shapes 2-shot |' in table
   assert 'not evaluated: deepglobe' in table
+  # Per-class IoU by class name (the embedded target classes are named for their patterns).
+  assert '**shapes 1-shot: per-class IoU (%), 2 seed(s)**' in table
+  header = next(line for line in table.splitlines() if line.startswith('| mode |'))
+  assert header.startswith('| mode | rings1 | hatch1 | waves1 |'), header
+  assert all(r['class_names']['21'] == 'rings1' for r in saved['runs'])
   pngs = [p for p in report['pictures'] if p.endswith('.png')]
   # One bar chart per shot, one panel per shot and eval mode, the memory picture separately.
   assert sum('_classes.png' in p for p in pngs) == 2 and sum('episode000' in p for p in pngs) == 4
@@ -175,3 +180,22 @@ def test_evaluate_cli_names_datasets_not_built_in_one_line(tfds_dir, trained_wor
   assert len(lines) == 1 and lines[0].startswith('error: nothing was evaluated: deepglobe: deepglobe is not built')
   for name in reports.SUITES['patnet']:
     assert f'--manual_dir {name}=PATH' in lines[0]
+
+
+@pytest.mark.parametrize('case', ['negative seed', 'output in a missing folder', 'read-only workdir'])
+def test_evaluate_cli_refuses_bad_input_before_any_work(tmp_path, case):
+  """One `error:` line, exit 2, nothing written: the checks run before any checkpoint is read."""
+  workdir, extra = tmp_path / 'run', []
+  workdir.mkdir()
+  if case == 'negative seed':
+    extra, expected = ['--seeds', '-1'], 'error: seeds must be >= 0'
+  elif case == 'output in a missing folder':
+    extra, expected = ['--output', str(tmp_path / 'nowhere' / 'r.json')], f'directory {tmp_path / "nowhere"} does not exist'
+  else:  # even root cannot create a file in /proc
+    workdir, expected = '/proc/self/fdinfo', 'not writable): give --output PATH in a writable folder'
+  cmd = [sys.executable, 'evaluate.py', '--config', 'configs/default.py', '--workdir', str(workdir), *extra]
+  out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=300)
+  lines = [ln for ln in (out.stdout + out.stderr).splitlines() if ln.strip()]
+  assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith('error: ') and expected in lines[0], lines
+  if case != 'read-only workdir':
+    assert os.listdir(workdir) == [] and sorted(os.listdir(tmp_path)) == ['run']

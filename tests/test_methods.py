@@ -68,7 +68,7 @@ def test_a_new_method_trains_resumes_and_evaluates_without_library_changes(tfds_
 
 @pytest.mark.parametrize('name,terms,modes', [
     ('mmt', {'pro', 'orth', 'cont'}, {'memory_on', 'memory_off'}),
-    ('baseline', {'pro'}, {'memory_off'}),
+    ('baseline', {'pro'}, {'no_memory'}),
     ('mmnet', {'main', 'aux', 'recon'}, {'mmnet'}),
 ])
 def test_each_method_owns_its_loss_terms_and_eval_modes(tfds_dir, name, terms, modes):

@@ -52,11 +52,19 @@ def test_api_matches_the_evaluation_path_on_a_non_square_image(workdir):
   assert many[1].mask.shape == (40, 28)
 
 
-def test_api_bad_input(workdir, tmp_path):
+def test_api_bad_input(workdir, tmp_path, capsys):
   predictor = Predictor.from_workdir(workdir)
   (q, _), (s, sm) = _pair(20, 20, 0), _pair(20, 20, 1)
   with pytest.raises(UserError, match='no foreground'):
     predictor.segment(q, [s], [np.zeros_like(sm)])
+  # All foreground: no background to compare with. Alone an error; beside a support with background a warning.
+  with pytest.raises(UserError, match='support mask 0 cover the whole image: .* at least one support must show '
+                                      'background'):
+    predictor.segment(q, [s], [np.ones_like(sm)])
+  capsys.readouterr()
+  assert predictor.segment(q, [s, s], [np.ones_like(sm), sm > 0]).mask.shape == (20, 20)
+  assert capsys.readouterr().err.strip() == ('warning: support mask 0 covers the whole image (no background); '
+                                             'the other supports give the background')
   with pytest.raises(UserError, match=r'support 0: image \(20, 20\) and mask \(10, 20\) differ in size'):
     predictor.segment(q, [s], [sm[:10]])
   with pytest.raises(UserError, match='no checkpoints in'):

@@ -289,3 +289,18 @@ def test_two_processes_train_identical_parameters(tmp_path):
     assert reports[0][mode]['episodes'] == r['episodes'] == 12
     assert reports[0][mode]['miou'] == pytest.approx(r['miou'], abs=1e-9)
     assert reports[0][mode]['fb_iou'] == pytest.approx(r['fb_iou'], abs=1e-9)
+
+
+def test_a_run_not_longer_than_the_warm_up_clips_it():
+  from configs import default
+  from mmtjax.state import learning_rate_schedule
+  config = default.get_config()
+  t = config.train
+  assert (t.num_steps, t.warmup_steps) == (2000, 50)
+  full = learning_rate_schedule(config)
+  assert float(full(0)) == 0.0 and float(full(50)) == pytest.approx(t.lr)  # an ordinary run: unchanged
+  t.num_steps = 1  # a smoke test: one step at the full learning rate, not at 0
+  assert float(learning_rate_schedule(config)(0)) == pytest.approx(t.lr)
+  t.num_steps = 30  # warm-up of 3 steps, then the poly decay over the other 27
+  s = learning_rate_schedule(config)
+  assert float(s(0)) == 0.0 and float(s(3)) == pytest.approx(t.lr) and float(s(30)) == pytest.approx(0.0)

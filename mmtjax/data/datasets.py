@@ -27,7 +27,7 @@ from mmtjax.data.builders import (
   raw,
   suim,
 )
-from mmtjax.errors import UserError
+from mmtjax.errors import UserError, warn
 
 RAW_BUILDERS = {cls.name: cls for cls in (pascal5i.Pascal5i, coco20i.Coco20i, fss1000.Fss1000,
                                           deepglobe.Deepglobe, isic2018.Isic2018,
@@ -59,10 +59,16 @@ def test_data(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The data section as the test split sees it: data.test_dataset (default: data.dataset), read
   from data.test_manual_dir (default: data.manual_dir)."""
   out = ml_collections.ConfigDict(data.to_dict())
+  out.target_only = False  # the test data is not what the model trained on: every class is a test class
   if data.get('test_dataset'):
     out.dataset = data.test_dataset
     out.manual_dir = data.get('test_manual_dir') or data.get('manual_dir')
+    out.target_only = (out.dataset != data.dataset or _abs(out.manual_dir) != _abs(data.get('manual_dir')))
   return out
+
+
+def _abs(path: str | None) -> str | None:
+  return os.path.abspath(os.path.expanduser(path)) if path else None
 
 
 def resolve(config: ml_collections.ConfigDict, *, training: bool) -> ml_collections.ConfigDict:
@@ -99,6 +105,7 @@ class SplitData:
   name: str = ''  # the split
   cache_dir: str | None = None  # where per-split caches live (beside the data)
   class_names: tuple[str, ...] = ()  # of ids 1..C
+  classes_note: str = ''  # which classes trained and which are tested, where the split chose them
 
   def class_name(self, c: int) -> str:
     return self.class_names[c - 1] if 0 < c <= len(self.class_names) else str(c)
@@ -244,13 +251,59 @@ def load_split(data: ml_collections.ConfigDict, split: str, *, training: bool) -
   else:
     builder = _process_zero_first(lambda: load_raw_builder(data.dataset, data.data_dir,
                                                            data.get('manual_dir'), data.get('class_list')))
-    split = _built_split(builder, split)
+  requested, split = split, split if data.dataset == 'mmtjax_shapes' else _built_split(builder, split)
   source = open_source(builder, split)
   index = _process_zero_first(lambda: episodes.cached_class_index(
       source, os.fspath(builder.data_dir), split, data.min_pixels))
   if data.dataset == 'mmtjax_shapes':
-    classes, names = _embedded_classes(data, split, training), ()
+    classes, names = _embedded_classes(data, split, training), synthetic.CLASS_NAMES
   else:
-    classes = builder.split_classes(split, data.fold, training, tuple(sorted(index)))
     names = tuple(builder.info.metadata.get('class_names') or builder.class_names())
+    if data.dataset == 'folder' and not data.get('target_only'):
+      return _folder_split(data, builder, source, index, split, requested, training, names)
+    classes = builder.split_classes(split, data.fold, training, tuple(sorted(index)))
   return SplitData(source, index, classes, data.dataset, split, os.fspath(builder.data_dir), names)
+
+
+def _folder_split(data, builder, source, index, split: str, requested: str, training: bool,
+                  names: tuple[str, ...]) -> SplitData:
+  """A user's folder dataset as its own source: few-shot by construction.
+
+  Without split folders its classes are split into folds (folder.fold_classes;
+  data.fold -1 means fold 0): the fold's classes are tested, the others train,
+  and every folder.VAL_EVERY-th image of a training class is validation-only.
+  With split folders, a test split sharing classes with train is a warning.
+  """
+  def name_list(cs):
+    return ', '.join(names[c - 1] if 0 < c <= len(names) else str(c) for c in cs)
+
+  role = 'val' if requested == 'val' else 'train' if training or requested == 'train' else 'test'
+  where = os.fspath(builder.data_dir)
+  if split != folder.ALL:
+    if data.fold >= 0:
+      raise UserError(f'folder: {data.manual_dir} has split folders, which choose the classes; data.fold must '
+                      f'be -1 (drop the split folders to split its classes into folds)')
+    classes = tuple(sorted(index))
+    if role == 'test' and 'train' in builder.info.splits:
+      seen = set(episodes.cached_class_index(open_source(builder, 'train'), where, 'train', data.min_pixels))
+      shared = sorted(seen & set(classes))
+      if shared:
+        warn(f"folder: the {split} split shares {len(shared)} of its {len(classes)} classes with train "
+             f"({name_list(shared)}): these are not unseen classes, so this is not a few-shot evaluation; "
+             f"move them out of {split}/ or drop the split folders to split the classes into folds")
+    return SplitData(source, index, classes, data.dataset, split, where, names)
+  fold = max(data.fold, 0)
+  novel = folder.fold_classes(len(names), fold)
+  base = tuple(c for c in range(1, len(names) + 1) if c not in novel)
+  folds = min(folder.NUM_FOLDS, len(names))
+  note = (f'fold {fold} of {folds} over the {len(names)} classes (no split folders): testing {name_list(novel)}; '
+          f'training on {name_list(base)}, every {folder.VAL_EVERY}th image of each held out for validation '
+          f'(--config.data.fold=0..{folds - 1} picks another fold)')
+  if role == 'test':
+    classes, kept = novel, {c: index[c] for c in novel if c in index}
+  else:
+    classes = base
+    kept = {c: np.asarray([r for i, r in enumerate(sorted(index[c])) if
+                           (i % folder.VAL_EVERY == folder.VAL_EVERY - 1) == (role == 'val')], np.int64)
+            for c in base if c in index}
+  return SplitData(source, kept, classes, data.dataset, split, where, names, note)

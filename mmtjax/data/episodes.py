@@ -30,7 +30,12 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from mmtjax.data import anchors
+from mmtjax.data.protocols import CUSTOM_EPISODES, CUSTOM_SEED
 from mmtjax.errors import UserError
+
+# A class counts in an image from this many pixels (configs/default.py's data.min_pixels; the
+# episodes command's default, so its lists equal the evaluation's when no flag is given).
+MIN_PIXELS = 48
 
 # Distinct stream for test lists so they never coincide with training episodes.
 _TEST_STREAM = 2**31 - 1
@@ -229,7 +234,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   """python -m mmtjax.data.episodes: writes a dataset's test episodes as JSON lines."""
   parser = argparse.ArgumentParser(prog='python -m mmtjax.data.episodes', description=main.__doc__)
   parser.add_argument('--dataset', required=True)
-  parser.add_argument('--protocol', default='hsnet', help="'hsnet' (the anchors' episodes), 'uniform' or 'custom'")
+  parser.add_argument('--protocol', default=None, help="'hsnet' (the anchors' episodes), 'uniform', 'pfenet' or "
+                      "'custom' (default: the dataset's own, as a config gets it)")
   parser.add_argument('--shot', type=int, default=1)
   parser.add_argument('--fold', type=int, default=-1)
   parser.add_argument('--split', default=None, help="default: the dataset's test split")
@@ -237,8 +243,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--data_dir', default=None)
   parser.add_argument('--fold_list', default=None, help="HSNet's fold list (PASCAL .txt, COCO .pkl)")
   parser.add_argument('--class_list', default=None, help="ISIC: PATNet's class_id.csv")
-  parser.add_argument('--num_episodes', type=int, default=300, help="protocol 'custom' only")
-  parser.add_argument('--min_pixels', type=int, default=1,
+  parser.add_argument('--num_episodes', type=int, default=CUSTOM_EPISODES,
+                      help="protocol 'custom' only (default: as the config's eval.num_episodes)")
+  parser.add_argument('--seed', type=int, default=CUSTOM_SEED, help="protocol 'custom' only (as eval.seed)")
+  parser.add_argument('--min_pixels', type=int, default=MIN_PIXELS,
                       help="protocols other than 'hsnet': as the config's data.min_pixels")
   parser.add_argument('--out', required=True)
   args = parser.parse_args(argv)
@@ -257,10 +265,14 @@ def _write_list(args) -> None:
       dataset=args.dataset, data_dir=args.data_dir, manual_dir=args.manual_dir, fold=args.fold, shot=args.shot,
       fold_list=args.fold_list, class_list=args.class_list, min_pixels=args.min_pixels, image_size=400,
       protocol=args.protocol, test_split=args.split, builder_config='default'))
-  if data.test_split is None:
-    data.test_split = datasets.defaults(args.dataset, args.fold)['test_split']
+  own = datasets.defaults(args.dataset, args.fold)
+  data.test_split = data.test_split or own['test_split']
+  data.protocol = data.protocol or own['protocol']
+  if args.seed < 0:
+    raise UserError(f'--seed must be >= 0, got {args.seed}')
   split = datasets.load_split(data, data.test_split, training=False)
-  protocol = protocols.test_protocol(data, ml_collections.ConfigDict(dict(num_episodes=args.num_episodes, seed=0)))
+  protocol = protocols.test_protocol(data, ml_collections.ConfigDict(dict(num_episodes=args.num_episodes,
+                                                                          seed=args.seed)))
   lines = episode_lines(protocol_episodes(split, data, protocol, args.shot), split)
   tmp = f'{args.out}.tmp{os.getpid()}'
   with open(tmp, 'w') as f:

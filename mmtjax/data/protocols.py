@@ -37,6 +37,9 @@ class Protocol:
   original_resolution: bool = False
 
 
+# 'custom' defaults (configs/default.py's eval.num_episodes and eval.seed; the episodes command's too).
+CUSTOM_EPISODES = 300
+CUSTOM_SEED = 0
 _HSNET_EPISODES = {'pascal5i': 1000, 'coco20i': 1000, 'deepglobe': 600, 'isic2018': 600,
                    'chest_xray': 600, 'suim': 1000}
 _PFENET_EPISODES = {'pascal5i': 5000, 'coco20i': 20000}

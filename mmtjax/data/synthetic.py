@@ -39,6 +39,10 @@ _PALETTE = np.array([
 _SOURCE_PATTERNS = ('stripes', 'dots', 'checker', 'diagonal')
 SOURCE_STYLES = ('clean', 'cool_bright', 'dark_contrast', 'soft', 'grey')
 _TARGET_PATTERNS = ('rings', 'hatch', 'waves')
+# Names of ids 1..26 for tables and pictures: a class's pattern and its number among that pattern's
+# classes (source: stripes1..stripes5, dots1.., checker1.., diagonal1..; target: rings1, hatch1, waves1, ...).
+CLASS_NAMES = tuple(f'{_SOURCE_PATTERNS[i % 4]}{i // 4 + 1}' for i in range(len(SOURCE_CLASSES))) + tuple(
+    f'{_TARGET_PATTERNS[i % 3]}{i // 3 + 1}' for i in range(len(TARGET_CLASSES)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,7 +36,9 @@ def decode_image(data: bytes, what: str) -> np.ndarray:
       im.load()
       return np.asarray(im)
   except Exception as e:  # PIL raises several types for broken files.
-    raise UserError(f'cannot decode {what}: {e}') from e
+    if isinstance(e, Image.UnidentifiedImageError):  # its message names a BytesIO, not the file
+      e = 'not an image file PIL can read' + (' (empty file)' if not data else '')
+    raise UserError(f'cannot decode {what}: {e}') from None
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:

@@ -7,6 +7,6 @@ from mmtjax.methods.mmt import MMTMethod
 
 class BaselineMethod(MMTMethod):
   name = 'baseline'
-  eval_modes = {'memory_off': {'transfer': False}}
+  eval_modes = {'no_memory': {'transfer': False}}
   config_sections = ()
   use_memory = False

@@ -10,7 +10,11 @@ grey 0/255 or 0/1, palette, RGB, RGBA: raw.binary_mask), of the image's size;
 `<name>_mask.<any image extension>` is accepted too. Classes are the folder
 names, sorted, ids 1..C, the same id for a class in every split. Without split
 folders the one split is 'images', and every split name (train, val, test)
-reads it. Images without a mask, unreadable files and masks of another size are
+reads it; when the root is also the training data, its classes are split into
+folds as PASCAL-5i splits its 20 (fold_classes): the fold's classes are the
+test classes, the others train, and every VAL_EVERY-th image of each training
+class is held out for validation (datasets.load_split). As a target of a model
+trained on other data, every class is a test class. Images without a mask, unreadable files and masks of another size are
 skipped and listed in the build report; an empty mask is dropped (counted).
 
 Each root is its own dataset (tfds config `<folder name>_<hash of the path>`):
@@ -25,7 +29,10 @@ import os
 import re
 
 from mmtjax.data.builders import raw
+from mmtjax.errors import UserError
 
+NUM_FOLDS = 4  # as PASCAL-5i; fewer when there are fewer classes (one class per fold)
+VAL_EVERY = 4  # without split folders: every 4th image of a training class is validation-only
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 SPLIT_FOLDERS = ('train', 'val', 'test')
 ALL = 'images'  # The one split of a root without split folders ('all' is reserved by tfds).
@@ -36,6 +43,18 @@ def config_name(root: str) -> str:
   root = os.path.abspath(os.path.expanduser(root))
   slug = re.sub(r'[^a-z0-9]+', '_', os.path.basename(root).lower()).strip('_') or 'root'
   return f'{slug[:40]}_{hashlib.sha1(root.encode()).hexdigest()[:8]}'
+
+
+def fold_classes(num_classes: int, fold: int) -> tuple[int, ...]:
+  """The test classes of `fold` among ids 1..num_classes: contiguous blocks, as PASCAL-5i's
+  fold i = 5i+1..5i+5, over min(NUM_FOLDS, num_classes) folds."""
+  if num_classes < 2:
+    raise UserError(f'folder: {num_classes} class folder(s) without split folders cannot test unseen classes: '
+                    f'add class folders (2 or more), or give train/ val/ test/ split folders')
+  folds = min(NUM_FOLDS, num_classes)
+  if not 0 <= fold < folds:
+    raise UserError(f'folder: {num_classes} classes make {folds} folds: data.fold must be 0..{folds - 1}')
+  return tuple(c for c in range(1, num_classes + 1) if (c - 1) * folds // num_classes == fold)
 
 
 def _images_and_masks(folder: str) -> tuple[list[str], dict[str, str]]:

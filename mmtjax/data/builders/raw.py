@@ -30,7 +30,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from mmtjax.data import transforms
-from mmtjax.errors import UserError
+from mmtjax.errors import UserError, warn
 from mmtjax.labels import IGNORE_LABEL
 
 
@@ -330,6 +330,7 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
     report = self.build_report[split]
     issues: dict[str, list] = {}
     per_class: dict[int, int] = {}
+    skipped = report.setdefault('skipped', {})  # kind -> [count, first file]: one console line each
 
     def load(item):
       try:
@@ -344,6 +345,8 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
         if error is not None:
           logging.warning('%s: skipping %s: %s', self.name, item.name, error)
           report['skipped_corrupt'].append(f'{item.name}: {error}')
+          kind = 'masks of another size than their image' if 'differ in size' in str(error) else 'unreadable files'
+          skipped.setdefault(kind, [0, item.name])[0] += 1
           continue
         for ex in examples:
           for issue in ex.issues:
@@ -356,6 +359,7 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
             classes, areas = ids.tolist(), counts.tolist()
           if not classes:
             report['dropped_empty'] += 1
+            skipped.setdefault('masks without foreground (dropped)', [0, item.name])[0] += 1
             continue
           report['built'] += 1
           for c in classes:
@@ -407,6 +411,11 @@ def write_report(builder: RawBuilder) -> None:
   with open(path, 'w') as f:
     json.dump(builder.build_report, f, indent=2)
   for split, r in builder.build_report.items():
+    for kind, (n, first) in r.get('skipped', {}).items():
+      warn(f'{builder.name}/{split}: skipped {n} {kind} (first: {first}); build report: {path}')
+    for note in r['notes']:
+      if 'skipped' in note:  # e.g. the folder builder's images without a mask file
+        warn(f'{builder.name}/{split}: {note}; build report: {path}')
     log = logging.warning if r['skipped_corrupt'] else logging.info
     per_class = ', '.join(f'{k} {v}' for k, v in r.get('per_class', {}).items())
     log('%s/%s: built %d examples (per class: %s), skipped %d corrupt, dropped %d without a class%s (report: %s)',
