@@ -23,7 +23,7 @@ the memory transfer on, 25.19 off (300 episodes, training seed 0);
 import ml_collections
 from ml_collections import config_dict
 
-from mmtjax import config_lib, methods
+from mmtjax import adapt, config_lib, methods
 from mmtjax.data import episodes, protocols
 
 
@@ -97,4 +97,9 @@ def _shared(config: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict
   # kshot: 'model' (the method's own k-shot path) or 'vote' (HSNet's vote of k 1-shot predictions).
   config.eval = dict(num_episodes=protocols.CUSTOM_EPISODES, batch_size=16, seed=protocols.CUSTOM_SEED,
                      val_episodes=100, kshot='model')
+  # Test-time adaptation per episode on its own supports (mmtjax/adapt.py, whose Adaptation
+  # documents the fields: steps, groups, optimizer, lr, loss, use_query, query_weight, flip,
+  # scale, jitter, seed). steps 0: off; > 0: every eval mode gets an adapted twin row
+  # '<mode>+adapt'. E.g. --config.eval.adapt.steps=20 --config.eval.adapt.lr=1e-3.
+  config.eval.adapt = adapt.config_section()
   return ml_collections.ConfigDict(config)

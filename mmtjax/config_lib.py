@@ -73,6 +73,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
        f'data.protocol must be one of {protocols.PROTOCOLS} (or unset: the test dataset\'s own)'),
   ]
   checks += methods.for_config(config).validate(config)
+  from mmtjax import adapt
+  adapt.from_config(config, methods.for_config(config))  # eval.adapt: one line naming the bad field
   checks += [(finite_number(w) and w >= 0, f'loss.{k} must be a finite number >= 0') for k, w in config.loss.items()]
   for ok, message in checks:
     if not ok:

@@ -18,12 +18,22 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mmtjax import checkpointing, config_lib, methods, metrics, ops, parallel, reports, visualize
+from mmtjax import adapt, checkpointing, config_lib, methods, metrics, ops, parallel, reports, visualize
 from mmtjax.data import datasets, pipeline, protocols
 from mmtjax.data import episodes as episode_lists
 from mmtjax.errors import UserError
 from mmtjax.models import get_model
 from mmtjax.state import create_train_state
+
+
+def eval_rows(method, config: ml_collections.ConfigDict) -> dict[str, tuple[dict, Any]]:
+  """Report row -> (the module's test-time keyword arguments, adapt.Adaptation or None): the
+  method's eval modes, and with config.eval.adapt on, an adapted twin of each ('<mode>+adapt')."""
+  adaptation = adapt.from_config(config, method)
+  rows = {name: (dict(mode), None) for name, mode in method.eval_modes.items()}
+  if adaptation is not None:
+    rows.update({name + adapt.ADAPT_SUFFIX: (dict(mode), adaptation) for name, mode in method.eval_modes.items()})
+  return rows
 
 
 def _test_loader(split: datasets.SplitData, protocol: protocols.Protocol,
@@ -42,9 +52,11 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
 
   variables: replicated {'params', 'batch_stats', 'memory'} over `devices`
   (default: the local devices). Defaults: the config's test split, its test
-  protocol (data.protocol) and the method's `eval_modes` (row name -> the
-  module's test-time keyword arguments). k-shot episodes use the method's own
-  k-shot path or HSNet's vote, as config.eval.kshot says.
+  protocol (data.protocol) and eval_rows (the method's `eval_modes`, row name
+  -> the module's test-time keyword arguments, and their adapted twins when
+  config.eval.adapt is on); `modes` given: those rows, unadapted. k-shot
+  episodes use the method's own k-shot path or HSNet's vote, as
+  config.eval.kshot says.
 
   The report's timing separates the first batch (it compiles the steps) from
   the rest: episodes_per_s counts the later batches, data loading included;
@@ -60,16 +72,16 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
   episodes = episode_lists.protocol_episodes(split, datasets.test_data(config.data), protocol, config.data.shot)
   loader = _test_loader(split, protocol, config)
   method = methods.for_config(config)
-  if modes is None:
-    modes = dict(method.eval_modes)
+  rows = eval_rows(method, config) if modes is None else {name: (mode, None) for name, mode in modes.items()}
   output = 'original_counts' if protocol.original_resolution else 'counts'
   cache = {} if step_cache is None else step_cache
   steps = {}
-  for name, mode in modes.items():
-    key = (name, tuple(sorted(mode.items())), output, kshot)
+  for name, (mode, adaptation) in rows.items():
+    key = (name, tuple(sorted(mode.items())), output, kshot, adaptation)
     if key not in cache:
-      cache[key] = parallel.make_eval_step(method, model, mode, devices, output, kshot)
+      cache[key] = parallel.make_eval_step(method, model, mode, devices, output, kshot, adaptation)
     steps[name] = cache[key]
+  modes = rows
   meters = {name: metrics.SegmentationMeter() for name in modes}
   hist_totals: dict[str, dict[str, np.ndarray]] = {name: {} for name in modes}
   # Multi-process: every process scores its own slice of each global batch.
@@ -127,6 +139,10 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
             'class_names': {str(c): split.class_name(c) for c in tested}}
   if split.classes_note:
     report['classes_note'] = split.classes_note
+  adapted = {a for _, a in rows.values() if a is not None}
+  if adapted:  # the settings of the '+adapt' rows (the loss as run at this shot count)
+    (adaptation,) = adapted
+    report['adapt'] = {**dataclasses.asdict(adaptation), 'loss': adaptation.loss_for(config.data.shot)}
   distinct = len({(e.class_id, e.query, tuple(e.supports)) for e in episodes})
   if distinct < len(episodes):  # a small target: the seeded draws repeat (query, supports) pairs
     report['distinct_episodes'] = distinct
@@ -243,6 +259,11 @@ def format_report(report: dict) -> str:
   distinct = (f" ({report['distinct_episodes']} distinct: the target is small, draws repeat)"
               if report.get('distinct_episodes') else '')
   lines = [f"{report['split']}, {report['shot']}-shot{kshot}, {report['num_episodes']} episodes{distinct}"]
+  if report.get('adapt'):
+    a = report['adapt']
+    lines.append(f"+adapt rows: {a['steps']} {a['optimizer']} steps (lr {a['lr']:g}) per episode on its own "
+                 f"supports, loss {a['loss']}{' + query entropy' if a['use_query'] else ''}, groups "
+                 f"{', '.join(a['groups'])}")
   if report.get('classes_note'):
     lines.append(report['classes_note'])
   lines.append(head)
@@ -265,10 +286,13 @@ def format_report(report: dict) -> str:
 
 def report_name(report: dict, kind: str, ext: str = 'json') -> str:
   """A file name holding everything that tells two evaluations of one run apart:
-  checkpoint kind, step, dataset (when not the embedded one), split, shot count and protocol."""
+  checkpoint kind, step, dataset (when not the embedded one), split, shot count, protocol,
+  HSNet's vote (k > 1) and test-time adaptation (its step count) when used."""
   dataset = report.get('dataset', 'mmtjax_shapes')
   where = report['split'] if dataset == 'mmtjax_shapes' else f"{dataset}-{report['split']}"
-  return f"eval_{kind}_step{report['step']}_{where}_{report['shot']}shot_{report['protocol']}.{ext}"
+  vote = '_vote' if report.get('kshot') == 'vote' and report['shot'] > 1 else ''
+  adapted = f"_adapt{report['adapt']['steps']}" if report.get('adapt') else ''
+  return f"eval_{kind}_step{report['step']}_{where}_{report['shot']}shot_{report['protocol']}{vote}{adapted}.{ext}"
 
 
 def unused_path(path: str) -> str:

@@ -84,10 +84,13 @@ def make_train_step(model, tx: optax.GradientTransformation, config: ml_collecti
   return jax.pmap(fn, axis_name=AXIS, donate_argnums=(0,), devices=devices)
 
 
-def make_eval_step(method, model, mode, devices=None, output: str = 'counts', kshot: str = 'model') -> Callable:
+def make_eval_step(method, model, mode, devices=None, output: str = 'counts', kshot: str = 'model',
+                   adaptation=None) -> Callable:
   """pmap'd steps.eval_step: (variables, batch) -> (scores, histograms), per episode
-  [devices, per_device, ...]; `mode` is one of method.eval_modes' values."""
-  fn = functools.partial(steps.eval_step, method=method, model=model, mode=mode, output=output, kshot=kshot)
+  [devices, per_device, ...]; `mode` is one of method.eval_modes' values; `adaptation`
+  (adapt.Adaptation or None) adapts each episode first."""
+  fn = functools.partial(steps.eval_step, method=method, model=model, mode=mode, output=output, kshot=kshot,
+                         adaptation=adaptation)
   return jax.pmap(fn, axis_name=AXIS, devices=devices)
 
 

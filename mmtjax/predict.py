@@ -20,6 +20,7 @@ masks) or >= 128 (0/255 masks).
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import os
 import sys
@@ -31,7 +32,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from mmtjax import checkpointing, methods, parallel
+from mmtjax import adapt, checkpointing, methods, parallel
 from mmtjax.data import datasets, protocols, transforms
 from mmtjax.errors import UserError, warn
 from mmtjax.models import get_model
@@ -71,9 +72,16 @@ def _binary(mask: np.ndarray, what: str) -> np.ndarray:
 class Predictor:
   """A trained model and the preprocessing of its test protocol."""
 
-  def __init__(self, config: ml_collections.ConfigDict, variables, *, mode: str | None = None):
+  def __init__(self, config: ml_collections.ConfigDict, variables, *, mode: str | None = None,
+               adapt_steps: int | None = None):
+    """adapt_steps: test-time adaptation on the supports before each prediction (the config's
+    eval.adapt settings, or the defaults for a checkpoint saved without them, with this many
+    steps; 0: off; None: the config's own)."""
+    if adapt_steps is not None:
+      config = _with_adapt_steps(config, adapt_steps)
     self.config = config
     self.method = methods.for_config(config)
+    self.adaptation = adapt.from_config(config, self.method)
     self.model = get_model(config, axis_name=None)
     modes = dict(self.method.eval_modes)
     mode = mode or next(iter(modes))
@@ -87,7 +95,7 @@ class Predictor:
 
   @classmethod
   def from_workdir(cls, workdir: str, *, best: bool = False, step: int | None = None,
-                   mode: str | None = None) -> Predictor:
+                   mode: str | None = None, adapt_steps: int | None = None) -> Predictor:
     """The latest (or `step`, or the best-by-validation) checkpoint of a training workdir."""
     subdir = checkpointing.BEST_SUBDIR if best else checkpointing.SUBDIR
     where = os.path.join(workdir, subdir)
@@ -105,12 +113,20 @@ class Predictor:
       state = ckpts.restore(step, jax.device_get(template))
     finally:
       ckpts.close()
-    return cls(config, parallel.eval_variables(state), mode=mode)
+    return cls(config, parallel.eval_variables(state), mode=mode, adapt_steps=adapt_steps)
 
   def _logits(self, variables, support_images, support_labels, query_images):
     batch = {'support_images': support_images, 'support_labels': support_labels, 'query_images': query_images}
-    outputs = self.method.apply(self.model, variables, batch, train=False, mode=self.mode)
-    return self.method.foreground_logit(outputs)
+
+    def logits(v, b):
+      return self.method.foreground_logit(self.method.apply(self.model, v, b, train=False, mode=self.mode))
+
+    if self.adaptation is None:
+      return logits(variables, batch)
+    # Each query is an episode with the given supports; its augmentations are drawn from seed 0.
+    batch['episode_seed'] = jnp.zeros(query_images.shape[:1], jnp.int32)
+    return adapt.per_episode(logits, self.method, self.model, variables, batch, mode=self.mode,
+                             adaptation=self.adaptation)
 
   def _prepare(self, image: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, tuple]:
     """(normalised [S, S, 3], mask [S, S], (h, w) of the image's content inside the S x S input)."""
@@ -167,6 +183,19 @@ class Predictor:
     return self.segment_many([query], supports, support_masks)[0]
 
 
+def _with_adapt_steps(config: ml_collections.ConfigDict, steps: int) -> ml_collections.ConfigDict:
+  """A copy of `config` with eval.adapt.steps = steps (eval.adapt's defaults when the checkpoint's
+  config predates it)."""
+  if not isinstance(steps, int) or steps < 0:
+    raise UserError(f'adapt steps must be an integer >= 0, got {steps!r}')
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    if 'adapt' not in config.eval:
+      config.eval.adapt = adapt.config_section()
+    config.eval.adapt.steps = steps
+  return config
+
+
 def _read(path: str, what: str) -> np.ndarray:
   if not os.path.isfile(path):
     raise UserError(f'{what} {path} does not exist')
@@ -184,6 +213,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--out', action='append', required=True, help='mask PNG per --query (never overwritten)')
   parser.add_argument('--best', action='store_true', help='the best-by-validation checkpoint')
   parser.add_argument('--step', type=int, default=None)
+  parser.add_argument('--adapt_steps', type=int, default=None,
+                      help="test-time adaptation steps on the supports first (default: the checkpoint config's "
+                           'eval.adapt.steps; 0: off)')
   args = parser.parse_args(argv)
   from mmtjax import cli
   cli.quiet_libraries()
@@ -204,7 +236,7 @@ def _predict_files(args) -> None:
     supports.append(_read(image, 'support image'))
     masks.append(_read(mask, 'support mask'))
   queries = [_read(q, 'query image') for q in args.query]
-  predictor = Predictor.from_workdir(args.workdir, best=args.best, step=args.step)
+  predictor = Predictor.from_workdir(args.workdir, best=args.best, step=args.step, adapt_steps=args.adapt_steps)
   for out, pred in zip(args.out, predictor.segment_many(queries, supports, masks)):
     tmp = f'{out}.tmp{os.getpid()}.png'
     Image.fromarray(pred.mask * 255).save(tmp)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmtjax import metrics
+from mmtjax import adapt, metrics
 from mmtjax.methods.base import Method
 from mmtjax.state import MODEL_COLLECTIONS, TrainState
 
@@ -73,8 +73,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, method: Met
 
 
 def eval_step(variables: Any, batch: Mapping[str, jax.Array], *, method: Method, model,
-              mode: Mapping[str, Any], output: str = 'counts',
-              kshot: str = 'model') -> tuple[jax.Array, dict[str, jax.Array]]:
+              mode: Mapping[str, Any], output: str = 'counts', kshot: str = 'model',
+              adaptation: adapt.Adaptation | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """One evaluation batch in one of the method's eval modes -> (scores, histograms) per episode.
 
   kshot: 'model' runs the method's own k-shot path; 'vote' runs one 1-shot
@@ -86,7 +86,17 @@ def eval_step(variables: Any, batch: Mapping[str, jax.Array], *, method: Method,
   histograms: the method's per-episode counts (e.g. which memory items the
   episode's images chose; with 'vote', summed over the K 1-shot passes), {}
   when it has none.
+
+  adaptation: each episode first adapts its own copy of the method's
+  adaptable parameters on its own supports (adapt.adapt_batch: vmap over
+  episodes of a scan over steps), then runs the forward above with them.
   """
+  if adaptation is not None:
+    def unadapted(adapted_variables, episode):
+      return eval_step(adapted_variables, episode, method=method, model=model, mode=mode, output=output,
+                       kshot=kshot)
+    return adapt.per_episode(unadapted, method, model, variables, batch, mode=mode, adaptation=adaptation)
+
   def forward(support_images, support_labels):
     shots = {**batch, 'support_images': support_images, 'support_labels': support_labels}
     outputs = method.apply(model, variables, shots, train=False, mode=mode)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import queue
 import threading
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -92,6 +93,7 @@ class EpisodeLoader:
         'query_labels': q_label,
         'class_id': np.int32(episode.class_id),
         'valid': np.bool_(True),
+        'episode_seed': episode_seed(episode),
     }
     if q_original is not None:
       out['original_labels'] = q_original
@@ -123,6 +125,13 @@ class EpisodeLoader:
       batch['original_labels'] = canvas.reshape(*shape, *canvas.shape[1:])
       batch['original_sizes'] = sizes.reshape(*shape, 2)
     return batch
+
+
+def episode_seed(episode: Episode) -> np.int32:
+  """A seed that depends on the episode alone (its class, query and supports), not on its
+  position in a list or a batch: test-time adaptation draws its augmentations from it."""
+  ident = f'{episode.class_id}:{episode.query}:{",".join(map(str, episode.supports))}'
+  return np.int32(zlib.crc32(ident.encode()) & 0x7FFFFFFF)
 
 
 def train_batches(loader: EpisodeLoader, sampler: EpisodeSampler, *, start_step: int,

@@ -26,11 +26,17 @@ class Method:
       call (MMT: the memory transfer on and off; most methods: one row).
     config_sections: config sections (besides 'model') that define the
       network; a checkpoint restores only under a config agreeing on them.
+    adapt_groups: test-time adaptation's parameter groups, group name -> the
+      top-level modules of the params tree it adapts (adapt.py); never the
+      backbone.
+    adapt_default: the groups adapted when config.eval.adapt.groups is unset.
   """
 
   name: str = ''
   eval_modes: Mapping[str, Mapping[str, Any]] = {}
   config_sections: tuple[str, ...] = ()
+  adapt_groups: Mapping[str, tuple[str, ...]] = {}
+  adapt_default: tuple[str, ...] = ()
 
   # --- configuration -------------------------------------------------------------------------
   def config(self, variant: str = 'paper') -> dict:

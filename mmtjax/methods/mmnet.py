@@ -22,6 +22,8 @@ class MMNetMethod(Method):
 
   name = 'mmnet'
   eval_modes = {'mmnet': {}}
+  adapt_groups = {'head': ('head',), 'neck': ('down_query', 'down_support'), 'meta_classes': ('meta',)}
+  adapt_default = ('head',)
 
   def config(self, variant: str = 'paper') -> dict:
     model = dict(

@@ -26,6 +26,8 @@ class MMTMethod(Method):
   name = 'mmt'
   eval_modes = {'memory_on': {'transfer': True}, 'memory_off': {'transfer': False}}
   config_sections = ('memory',)
+  adapt_groups = {'neck': ('neck',)}  # the 1x1 projection; the prototype head has no weights
+  adapt_default = ('neck',)
   use_memory = True
 
   def config(self, variant: str = 'paper') -> dict:
