@@ -21,7 +21,6 @@ Every number is printed with the device and command and written to
 """
 
 import argparse
-import copy
 import itertools
 import json
 import os
@@ -63,30 +62,34 @@ def train(a):
   return {}
 
 
-def _val_report(net, variables, config):
+def _val_miou(net, variables, config, rows):
   split = datasets.load_split(config.data, config.data.val_split, training=False)
-  return eval_lib.evaluate_variables(net, variables, config, split, split_name=config.data.val_split,
-                                     protocol=train_lib._val_protocol(config))
+  report = eval_lib.evaluate_variables(net, variables, config, split, split_name=config.data.val_split,
+                                       protocol=train_lib._val_protocol(config), modes=rows)
+  return {k: v['miou'] for k, v in report['results'].items()}, report['seconds']
 
 
 def select(a):
-  """Grid on the source validation split (seed 0 of each method)."""
-  grid = list(itertools.product(a.steps_grid, a.lr_grid))
+  """Grid on the source validation split (seed 0 of each method, its first eval mode)."""
+  from mmtjax import adapt
   out = {}
   for model in a.models:
+    method = methods.get(model)
     net, variables = _restored(a.out, model, a.seeds[0])
-    groups = [None] + [(g,) for g in methods.get(model).adapt_groups]
-    groups = list(dict.fromkeys(groups + ([tuple(methods.get(model).adapt_groups)]
-                                          if len(methods.get(model).adapt_groups) > 1 else [])))
+    name, mode = next(iter(method.eval_modes.items()))
+    groups = [(g,) for g in (a.groups or method.adapt_groups)]
+    if len(method.adapt_groups) > 1 and not a.groups:
+      groups.append(tuple(method.adapt_groups))
     for shot in a.shots:
-      for (steps, lr), group in itertools.product(grid, groups):
-        config = _config(model, a.seeds[0], shot, steps=steps, lr=lr, groups=group)
-        t0 = time.time()
-        rows = _val_report(net, variables, config)['results']
-        key = f'{model} {shot}-shot steps={steps} lr={lr:g} groups={",".join(group) if group else "default"}'
-        out[key] = {k: v['miou'] for k, v in rows.items()}
-        print(f'{key}: ' + ', '.join(f'{k} {v:.2f}' for k, v in out[key].items()) + f' ({time.time() - t0:.0f} s)',
-              flush=True)
+      config = _config(model, a.seeds[0], shot)
+      rows = {name: dict(mode)}
+      for steps, lr, group in itertools.product(a.steps_grid, a.lr_grid, groups):
+        rows[f'steps={steps} lr={lr:g} groups={"+".join(group)}{a.extra_label}'] = (dict(mode), adapt.from_config(
+            _config(model, a.seeds[0], shot, steps=steps, lr=lr, groups=group, **a.extra), method))
+      miou, seconds = _val_miou(net, variables, config, rows)
+      out[f'{model} {shot}-shot'] = miou
+      print(f'{model} {shot}-shot ({seconds:.0f} s): ' + ', '.join(f'{k} {v:.2f}' for k, v in miou.items()),
+            flush=True)
   return out
 
 
@@ -116,8 +119,10 @@ def measure(a):
 
 def speed(a):
   """Batched (one compiled step for a batch of episodes) against a Python loop of one-episode calls."""
-  from mmtjax import adapt, steps as steps_lib
-  from mmtjax.data import episodes as episode_lists, pipeline, protocols
+  from mmtjax import adapt
+  from mmtjax import steps as steps_lib
+  from mmtjax.data import episodes as episode_lists
+  from mmtjax.data import protocols
   out = {}
   for model in a.models:
     config = _config(model, a.seeds[0], a.shots[-1], steps=a.adapt_steps or 10)
@@ -157,6 +162,15 @@ def speed(a):
   return out
 
 
+def _value(text: str):
+  for kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      pass
+  return {'true': True, 'false': False}.get(text.lower(), text)
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument('stage', choices=('train', 'select', 'measure', 'speed'))
@@ -164,9 +178,12 @@ def main():
   p.add_argument('--models', default=','.join(MODELS))
   p.add_argument('--seeds', default='0,1,2')
   p.add_argument('--shots', default='1,5')
-  p.add_argument('--steps_grid', default='5,20')
+  p.add_argument('--steps_grid', default='10,30')
   p.add_argument('--lr_grid', default='1e-3,1e-2')
+  p.add_argument('--groups', default=None, help="select: comma-separated groups, each alone (default: each "
+                 'group of the method alone, and all together)')
   p.add_argument('--adapt_steps', type=int, default=None, help='measure/speed: eval.adapt.steps (default: config)')
+  p.add_argument('--extra', default='', help='select: other eval.adapt fields, e.g. use_query=true,optimizer=sgd')
   p.add_argument('--speed_episodes', type=int, default=16)
   a = p.parse_args()
   a.models = a.models.split(',')
@@ -174,6 +191,9 @@ def main():
   a.shots = [int(s) for s in a.shots.split(',')]
   a.steps_grid = [int(s) for s in a.steps_grid.split(',')]
   a.lr_grid = [float(s) for s in a.lr_grid.split(',')]
+  a.groups = a.groups.split(',') if a.groups else None
+  a.extra = {k: _value(v) for k, v in (item.split('=', 1) for item in filter(None, a.extra.split(',')))}
+  a.extra_label = ''.join(f' {k}={v}' for k, v in a.extra.items())
   print(f'device: {jax.devices()[0].device_kind} x{jax.local_device_count()} | command: {" ".join(sys.argv)}',
         flush=True)
   result = {'train': train, 'select': select, 'measure': measure, 'speed': speed}[a.stage](a)

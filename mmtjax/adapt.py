@@ -251,7 +251,6 @@ def adapt_batch(method, model, variables: Any, batch: Mapping[str, jax.Array], *
   return jax.vmap(lambda ep: adapt_episode(method, model, variables, ep, mode=mode, adaptation=adaptation))(episodes)
 
 
-
 def per_episode(fn, method, model, variables: Any, batch: Mapping[str, jax.Array], *, mode: Mapping[str, Any],
                 adaptation: Adaptation) -> Any:
   """fn(variables, one-episode batch) for every episode of `batch` under that episode's own

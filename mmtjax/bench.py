@@ -220,7 +220,15 @@ def _eval(model, rstate, config, episodes: int) -> dict:
   return {'protocol': report['protocol'], 'episodes': report['num_episodes'], 'kshot': report['kshot'],
           'first_batch_s': report['first_batch_s'], 'episodes_per_s': report['episodes_per_s'],
           'host_wait_share': report['host_wait_share'], 'seconds': report['seconds'],
-          'eval_modes': len(report['results'])}
+          'eval_modes': len(report['results']),
+          'adapted_modes': sum(1 for k in report['results'] if k.endswith('+adapt')),
+          'adapt_steps': report['adapt']['steps'] if report.get('adapt') else 0}
+
+
+def _adapted(e: dict) -> str:
+  if not e.get('adapted_modes'):
+    return ''
+  return f", {e['adapted_modes']} of them adapted per episode with {e['adapt_steps']} steps"
 
 
 def format_table(r: dict, command: str) -> str:
@@ -247,7 +255,7 @@ def format_table(r: dict, command: str) -> str:
   ]
   if e:
     rows.append(('eval', f"{num(e['episodes_per_s'], '.1f')} episodes/s ({e['protocol']}, {e['episodes']} episodes, "
-                         f"{e['eval_modes']} mode(s), data loading included); host wait "
+                         f"{e['eval_modes']} mode(s){_adapted(e)}, data loading included); host wait "
                          f"{num(e['host_wait_share'] and 100 * e['host_wait_share'], '.1f')}%"))
   width = max(len(k) for k, _ in rows)
   return '\n'.join(f'{k:<{width}}  {v}' for k, v in rows)

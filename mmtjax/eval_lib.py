@@ -46,7 +46,7 @@ def _test_loader(split: datasets.SplitData, protocol: protocols.Protocol,
 def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
                        split: datasets.SplitData, *, split_name: str | None = None,
                        protocol: protocols.Protocol | None = None,
-                       modes: dict[str, dict] | None = None, devices=None,
+                       modes: dict[str, Any] | None = None, devices=None,
                        step_cache: dict | None = None) -> dict:
   """Runs a fixed, seeded episode list once per eval mode (e.g. memory transfer on and off).
 
@@ -56,7 +56,7 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
   -> the module's test-time keyword arguments, and their adapted twins when
   config.eval.adapt is on); `modes` given: those rows, unadapted. k-shot
   episodes use the method's own k-shot path or HSNet's vote, as
-  config.eval.kshot says.
+  config.eval.kshot says. A `modes` value may also be a (mode, adapt.Adaptation) pair.
 
   The report's timing separates the first batch (it compiles the steps) from
   the rest: episodes_per_s counts the later batches, data loading included;
@@ -72,7 +72,8 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
   episodes = episode_lists.protocol_episodes(split, datasets.test_data(config.data), protocol, config.data.shot)
   loader = _test_loader(split, protocol, config)
   method = methods.for_config(config)
-  rows = eval_rows(method, config) if modes is None else {name: (mode, None) for name, mode in modes.items()}
+  rows = eval_rows(method, config) if modes is None else {
+      name: (tuple(mode) if isinstance(mode, tuple) else (mode, None)) for name, mode in modes.items()}
   output = 'original_counts' if protocol.original_resolution else 'counts'
   cache = {} if step_cache is None else step_cache
   steps = {}
@@ -140,9 +141,13 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
   if split.classes_note:
     report['classes_note'] = split.classes_note
   adapted = {a for _, a in rows.values() if a is not None}
-  if adapted:  # the settings of the '+adapt' rows (the loss as run at this shot count)
+  if len(adapted) == 1:  # the settings of the '+adapt' rows (the loss as run at this shot count)
     (adaptation,) = adapted
     report['adapt'] = {**dataclasses.asdict(adaptation), 'loss': adaptation.loss_for(config.data.shot)}
+  elif adapted:  # several settings (a comparison): each row holds its own
+    for name, (_, adaptation) in rows.items():
+      if adaptation is not None:
+        results[name]['adapt'] = {**dataclasses.asdict(adaptation), 'loss': adaptation.loss_for(config.data.shot)}
   distinct = len({(e.class_id, e.query, tuple(e.supports)) for e in episodes})
   if distinct < len(episodes):  # a small target: the seeded draws repeat (query, supports) pairs
     report['distinct_episodes'] = distinct
