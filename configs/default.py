@@ -10,7 +10,8 @@ CPU-sized MM-Net on the same data and schedule), `:fold=0` (in-domain: train
 on 15 source classes, test on the fold's 5 novel source classes), and any
 field with `--config.train.num_steps=100`. `:dataset=NAME` trains and tests
 on another dataset with its own splits and test protocol (pascal5i, coco20i,
-fss1000, or `folder`, your own images: README, "Use your own data"), e.g.
+fss1000, `folder`, your own images and binary masks, or `semantic`, your own
+label-index dataset: README, "Use your own data"), e.g.
 `configs/default.py:dataset=folder --config.data.manual_dir=~/my_data`. The
 cross-domain benchmark (train on PASCAL, test on Deepglobe, ISIC, Chest
 X-ray or FSS-1000) is configs/patnet.py.
@@ -25,6 +26,7 @@ from ml_collections import config_dict
 
 from mmtjax import adapt, config_lib, methods
 from mmtjax.data import episodes, protocols
+from mmtjax.data.builders import semantic
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -51,6 +53,13 @@ def data_section(dataset: str, shot: int, fold: int, **fields) -> ml_collections
       test_dataset=config_dict.placeholder(str),
       test_manual_dir=config_dict.placeholder(str),
       class_list=config_dict.placeholder(str),  # ISIC: PATNet's class_id.csv, when not in manual_dir
+      # dataset=semantic (a label-index dataset): its layout, class list and ignore label
+      # (mmtjax/data/builders/semantic.py); test_semantic: the test dataset's, where they differ.
+      semantic=_semantic_section(semantic.OPTIONS),
+      test_semantic=_semantic_section({k: None for k in semantic.OPTIONS}),
+      # Classes held out for testing when a dataset with its own folds is tested on itself
+      # (names or ids, e.g. 'Car,Pedestrian'); None: data.fold's classes.
+      test_classes=config_dict.placeholder(str),
       # Protocol 'hsnet' on PASCAL-5i / COCO-20i: HSNet's data/splits/<pascal|coco>/val/fold<f>.<txt|pkl>,
       # when not in manual_dir (mmtjax.data.episodes).
       fold_list=config_dict.placeholder(str),
@@ -72,6 +81,13 @@ def data_section(dataset: str, shot: int, fold: int, **fields) -> ml_collections
                 test_split='target_test' if fold < 0 else 'source_test', protocol='custom')
   data.update(fields)
   return ml_collections.ConfigDict(data)
+
+
+def _semantic_section(values: dict) -> ml_collections.ConfigDict:
+  """data.semantic's fields, None ones typed so that the command line can set them."""
+  kinds = {'ignore_index': int, 'reduce_zero_label': bool}
+  return ml_collections.ConfigDict({k: config_dict.placeholder(kinds.get(k, str)) if v is None else v
+                                    for k, v in values.items()})
 
 
 def _shared(config: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict:

@@ -25,13 +25,16 @@ from mmtjax.data.builders import (
   isic2018,
   pascal5i,
   raw,
+  semantic,
   suim,
 )
 from mmtjax.errors import UserError, warn
 
 RAW_BUILDERS = {cls.name: cls for cls in (pascal5i.Pascal5i, coco20i.Coco20i, fss1000.Fss1000,
                                           deepglobe.Deepglobe, isic2018.Isic2018,
-                                          chest_xray.ChestXray, suim.Suim, folder.Folder)}
+                                          chest_xray.ChestXray, suim.Suim, folder.Folder,
+                                          semantic.Semantic)}
+OWN = ('folder', 'semantic')  # a user's own data: each root is its own tfds config
 DATASETS = ('mmtjax_shapes', *RAW_BUILDERS)
 DATA_FIELDS = ('train_split', 'val_split', 'test_split', 'protocol')
 
@@ -50,7 +53,7 @@ def defaults(dataset: str, fold: int = -1) -> dict:
 def _known_splits(dataset: str) -> tuple[str, ...]:
   if dataset == 'mmtjax_shapes':
     return tuple(synthetic.SPLITS)
-  if dataset == 'folder':
+  if dataset in OWN:
     return (*folder.SPLIT_FOLDERS, folder.ALL)
   return RAW_BUILDERS[dataset].SPLITS
 
@@ -64,6 +67,11 @@ def test_data(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     out.dataset = data.test_dataset
     out.manual_dir = data.get('test_manual_dir') or data.get('manual_dir')
     out.target_only = (out.dataset != data.dataset or _abs(out.manual_dir) != _abs(data.get('manual_dir')))
+    if out.dataset == 'semantic' and data.get('test_semantic'):  # the target's own layout and class list
+      own = dict(data.get('semantic') or {})
+      theirs = {**own, **{k: v for k, v in dict(data.test_semantic).items() if v is not None}}
+      out.target_only = out.target_only or theirs != own
+      out.semantic = theirs
   return out
 
 
@@ -134,17 +142,26 @@ def _embedded_classes(data: ml_collections.ConfigDict, split: str, training: boo
   return tuple(c for c in domain_classes if (c not in novel) == training)
 
 
-def load_raw_builder(name: str, data_dir: str | None, manual_dir: str | None,
-                     class_list: str | None = None) -> raw.RawBuilder:
-  """A raw-data builder, built from `manual_dir` on first use (then read from data_dir).
-  `class_list`: ISIC's class_id.csv (PATNet's labels), used when building."""
+def _builder_kwargs(name: str, data_dir: str | None, manual_dir: str | None, layout) -> dict:
   kwargs = dict(data_dir=data_dir, file_format='array_record')
-  if name == 'folder':  # Each of a user's folders is its own dataset.
+  if name in OWN:  # Each of a user's folders (with its layout options) is its own dataset.
     if not manual_dir:
-      raise UserError('dataset folder: data.manual_dir must name your data folder (README: "Use your own data")')
-    kwargs['config'] = tfds.core.BuilderConfig(name=folder.config_name(manual_dir))
-  builder = construction.new_builder(RAW_BUILDERS[name], **kwargs)
+      raise UserError(f'dataset {name}: data.manual_dir must name your data folder (README: "Use your own data")')
+    config = (folder.config_name(manual_dir) if name == 'folder' else
+              semantic.config_name(manual_dir, semantic.options(layout)))
+    kwargs['config'] = tfds.core.BuilderConfig(name=config)
+  return kwargs
+
+
+def load_raw_builder(name: str, data_dir: str | None, manual_dir: str | None,
+                     class_list: str | None = None, layout=None) -> raw.RawBuilder:
+  """A raw-data builder, built from `manual_dir` on first use (then read from data_dir).
+  `class_list`: ISIC's class_id.csv (PATNet's labels), used when building; `layout`: the
+  semantic builder's options (data.semantic)."""
+  builder = construction.new_builder(RAW_BUILDERS[name], **_builder_kwargs(name, data_dir, manual_dir, layout))
   builder.class_list = class_list
+  if name == 'semantic':
+    builder.options = semantic.options(layout)
   if not builder.is_prepared():
     builder.find_root(manual_dir)  # Before any work: one line when the files are not there.
     manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
@@ -159,11 +176,9 @@ def is_prepared(data: ml_collections.ConfigDict) -> bool:
     return True
   if data.dataset not in RAW_BUILDERS:
     raise UserError(f'unknown dataset {data.dataset!r}; available: {list(DATASETS)}')
-  kwargs = dict(data_dir=data.get('data_dir'), file_format='array_record')
-  if data.dataset == 'folder':
-    if not data.get('manual_dir'):
-      return False
-    kwargs['config'] = tfds.core.BuilderConfig(name=folder.config_name(data.manual_dir))
+  if data.dataset in OWN and not data.get('manual_dir'):
+    return False
+  kwargs = _builder_kwargs(data.dataset, data.get('data_dir'), data.get('manual_dir'), data.get('semantic'))
   return construction.new_builder(RAW_BUILDERS[data.dataset], **kwargs).is_prepared()
 
 
@@ -222,8 +237,12 @@ def _built_split(builder: raw.RawBuilder, split: str) -> str:
   built = list(builder.info.splits.keys())
   if split in built:
     return split
-  if builder.name == 'folder' and built == [folder.ALL] and split in folder.SPLIT_FOLDERS:
+  if builder.name in OWN and built == [folder.ALL] and split in folder.SPLIT_FOLDERS:
     return folder.ALL
+  if builder.name == 'semantic' and split == 'val' and 'train' in built:
+    return 'train'  # no val split: held-out training images validate (_own_split)
+  if builder.name == 'semantic' and split == 'test' and 'val' in built:
+    return 'val'  # no test split: the val split tests (as PASCAL-5i tests on VOC's val)
   empty = dict(builder.info.metadata.get('empty_splits') or {})
   if split in empty:
     raise UserError(f'split {split!r} of {builder.name} is empty: {empty[split]} (build report: '
@@ -249,8 +268,8 @@ def load_split(data: ml_collections.ConfigDict, split: str, *, training: bool) -
     builder = _process_zero_first(lambda: embedded.load_builder(data.get('builder_config', 'default'),
                                                                 data.data_dir))
   else:
-    builder = _process_zero_first(lambda: load_raw_builder(data.dataset, data.data_dir,
-                                                           data.get('manual_dir'), data.get('class_list')))
+    builder = _process_zero_first(lambda: load_raw_builder(data.dataset, data.data_dir, data.get('manual_dir'),
+                                                           data.get('class_list'), data.get('semantic')))
   requested, split = split, split if data.dataset == 'mmtjax_shapes' else _built_split(builder, split)
   source = open_source(builder, split)
   index = _process_zero_first(lambda: episodes.cached_class_index(
@@ -261,6 +280,8 @@ def load_split(data: ml_collections.ConfigDict, split: str, *, training: bool) -
     names = tuple(builder.info.metadata.get('class_names') or builder.class_names())
     if data.dataset == 'folder' and not data.get('target_only'):
       return _folder_split(data, builder, source, index, split, requested, training, names)
+    if data.dataset == 'semantic' and not data.get('target_only'):
+      return _semantic_split(data, builder, source, index, split, requested, training, names)
     classes = builder.split_classes(split, data.fold, training, tuple(sorted(index)))
   return SplitData(source, index, classes, data.dataset, split, os.fspath(builder.data_dir), names)
 
@@ -307,3 +328,85 @@ def _folder_split(data, builder, source, index, split: str, requested: str, trai
                            (i % folder.VAL_EVERY == folder.VAL_EVERY - 1) == (role == 'val')], np.int64)
             for c in base if c in index}
   return SplitData(source, kept, classes, data.dataset, split, where, names, note)
+
+
+def _test_class_ids(data, names: tuple[str, ...]) -> tuple[int, ...] | None:
+  """data.test_classes (names or 1-based ids, a list or a comma-separated string) as ids, or None."""
+  given = data.get('test_classes')
+  if not given:
+    return None
+  items = [s.strip() for s in given.split(',')] if isinstance(given, str) else list(given)
+  ids = []
+  for item in items:
+    if isinstance(item, int) or (isinstance(item, str) and item.isdigit() and item not in names):
+      c = int(item)
+      if not 1 <= c <= len(names):
+        raise UserError(f'data.test_classes: class id {c} is not among 1..{len(names)}')
+    elif item in names:
+      c = names.index(item) + 1
+    else:
+      raise UserError(f'data.test_classes: {item!r} is not a class of the dataset; it has {list(names)}')
+    ids.append(c)
+  if len(set(ids)) == len(names):
+    raise UserError('data.test_classes names every class: leave at least one class to train on')
+  return tuple(sorted(set(ids)))
+
+
+def _semantic_split(data, builder, source, index, split: str, requested: str, training: bool,
+                    names: tuple[str, ...]) -> SplitData:
+  """A user's label-index dataset as its own source.
+
+  Tested on another dataset (data.test_dataset): every class trains. Tested on
+  itself: its classes are split as PASCAL-5i splits its 20 (data.test_classes,
+  else the fold of folder.fold_classes; data.fold -1 means fold 0); training
+  and validation episodes take the other classes (a test class's pixels are
+  background there, as in PASCAL-5i training), test episodes the held-out
+  ones. Without split folders, the test images are those holding a test class
+  and training uses only images without any pixel of one; validation is every
+  folder.VAL_EVERY-th training image (also when there is no val split).
+  """
+  role = 'val' if requested == 'val' else 'train' if training or requested == 'train' else 'test'
+  where = os.fspath(builder.data_dir)
+
+  def name_list(cs):
+    return ', '.join(names[c - 1] if 0 < c <= len(names) else str(c) for c in cs)
+
+  # Validation reads held-out training images when there is no val split of its own.
+  holdout = split == folder.ALL or (split == 'train' and 'val' not in builder.info.splits)
+
+  def held_out(kept: dict) -> dict:  # by image (an image holds several classes): train and val apart
+    if not holdout:
+      return kept
+    return {c: np.asarray([r for r in v if (r % folder.VAL_EVERY == folder.VAL_EVERY - 1) == (role == 'val')],
+                          np.int64) for c, v in kept.items()}
+
+  if test_data(data).target_only:  # a source for another dataset: all its classes
+    if data.fold >= 0 or data.get('test_classes'):
+      raise UserError('semantic: data.fold / data.test_classes hold classes out for testing on this dataset, '
+                      'but data.test_dataset tests on another; drop one of them')
+    classes = tuple(sorted(index))
+    return SplitData(source, held_out(dict(index)), classes, data.dataset, split, where, names)
+  novel = _test_class_ids(data, names)
+  how = 'data.test_classes'
+  if novel is None:
+    fold, folds = max(data.fold, 0), min(folder.NUM_FOLDS, len(names))
+    novel = folder.fold_classes(len(names), fold, 'semantic')
+    how = f'fold {fold} of {folds} (--config.data.fold=0..{folds - 1} picks another, or data.test_classes)'
+  base = tuple(c for c in range(1, len(names) + 1) if c not in novel)
+  note = f'{how}: testing {name_list(novel)}; training on {name_list(base)}'
+  if role == 'test':
+    kept = {c: index[c] for c in novel if c in index}
+    return SplitData(source, kept, novel, data.dataset, split, where, names, note)
+  kept = {c: index[c] for c in base if c in index}
+  if split == folder.ALL:  # test images (any pixel of a test class) never train
+    touched = SplitData(source, index, (), cache_dir=where, name=split).all_index
+    test_images = set().union(*(set(touched[c].tolist()) for c in novel if c in touched))
+    kept = {c: np.asarray([r for r in v if r not in test_images], np.int64) for c, v in kept.items()}
+    note += '; images holding a test class are test-only'
+    if not any(len(v) for v in kept.values()):
+      raise UserError(f'semantic: every image holds one of the test classes ({name_list(novel)}), so none is '
+                      f'left to train on; give split folders or data.test_classes with rarer classes')
+  kept = held_out(kept)
+  if holdout:
+    note += f'; every {folder.VAL_EVERY}th training image held out for validation'
+  return SplitData(source, kept, base, data.dataset, split, where, names, note)

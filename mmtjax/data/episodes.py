@@ -248,6 +248,11 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--seed', type=int, default=CUSTOM_SEED, help="protocol 'custom' only (as eval.seed)")
   parser.add_argument('--min_pixels', type=int, default=MIN_PIXELS,
                       help="protocols other than 'hsnet': as the config's data.min_pixels")
+  parser.add_argument('--target', action='store_true', help='folder / semantic: the dataset as the target of a '
+                      'model trained elsewhere (every class a test class); default: tested on itself (its fold)')
+  parser.add_argument('--test_classes', default=None, help='semantic: the held-out classes (as data.test_classes)')
+  parser.add_argument('--semantic', action='append', default=[], metavar='KEY=VALUE',
+                      help='semantic: a data.semantic field, e.g. --semantic ignore_index=11 --semantic classes=a,b')
   parser.add_argument('--out', required=True)
   args = parser.parse_args(argv)
   from mmtjax import cli
@@ -264,7 +269,8 @@ def _write_list(args) -> None:
   data = ml_collections.ConfigDict(dict(
       dataset=args.dataset, data_dir=args.data_dir, manual_dir=args.manual_dir, fold=args.fold, shot=args.shot,
       fold_list=args.fold_list, class_list=args.class_list, min_pixels=args.min_pixels, image_size=400,
-      protocol=args.protocol, test_split=args.split, builder_config='default'))
+      protocol=args.protocol, test_split=args.split, builder_config='default', target_only=args.target,
+      test_classes=args.test_classes, semantic=_semantic_options(args.semantic)))
   own = datasets.defaults(args.dataset, args.fold)
   data.test_split = data.test_split or own['test_split']
   data.protocol = data.protocol or own['protocol']
@@ -279,6 +285,19 @@ def _write_list(args) -> None:
     f.write(list_text(lines))
   os.replace(tmp, args.out)
   print(f'{len(lines)} episodes -> {args.out} (sha256 {list_sha256(lines)})')
+
+
+def _semantic_options(items: list[str]) -> dict:
+  from mmtjax.data.builders import semantic
+  out = {}
+  for item in items:
+    key, sep, value = item.partition('=')
+    if not sep:
+      raise UserError(f'--semantic takes KEY=VALUE (e.g. ignore_index=11), got {item!r}')
+    kind = type(semantic.OPTIONS.get(key))
+    out[key] = (int(value) if kind is int and value.lstrip('-').isdigit() else
+                value.lower() in ('1', 'true', 'yes') if kind is bool else value)
+  return semantic.options(out)
 
 
 def protocol_episodes(split, data, protocol, shot: int) -> list[Episode]:

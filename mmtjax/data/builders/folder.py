@@ -7,7 +7,7 @@ or, to give the splits yourself, the same under split folders:
   <root>/train/<class>/...   <root>/val/<class>/...   <root>/test/<class>/...
 The mask is a binary mask of the folder's class, in any image mode (1-bit,
 grey 0/255 or 0/1, palette, RGB, RGBA: raw.binary_mask), of the image's size;
-`<name>_mask.<any image extension>` is accepted too. Classes are the folder
+`<name>_mask.<any image extension, or .gif>` is accepted too (a JPEG mask is thresholded at 128). Classes are the folder
 names, sorted, ids 1..C, the same id for a class in every split. Without split
 folders the one split is 'images', and every split name (train, val, test)
 reads it; when the root is also the training data, its classes are split into
@@ -34,6 +34,7 @@ from mmtjax.errors import UserError
 NUM_FOLDS = 4  # as PASCAL-5i; fewer when there are fewer classes (one class per fold)
 VAL_EVERY = 4  # without split folders: every 4th image of a training class is validation-only
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+MASK_EXTENSIONS = (*IMAGE_EXTENSIONS, '.gif')  # DRIVE ships its vessel masks as GIF
 SPLIT_FOLDERS = ('train', 'val', 'test')
 ALL = 'images'  # The one split of a root without split folders ('all' is reserved by tfds).
 
@@ -45,22 +46,23 @@ def config_name(root: str) -> str:
   return f'{slug[:40]}_{hashlib.sha1(root.encode()).hexdigest()[:8]}'
 
 
-def fold_classes(num_classes: int, fold: int) -> tuple[int, ...]:
+def fold_classes(num_classes: int, fold: int, dataset: str = 'folder') -> tuple[int, ...]:
   """The test classes of `fold` among ids 1..num_classes: contiguous blocks, as PASCAL-5i's
   fold i = 5i+1..5i+5, over min(NUM_FOLDS, num_classes) folds."""
   if num_classes < 2:
-    raise UserError(f'folder: {num_classes} class folder(s) without split folders cannot test unseen classes: '
-                    f'add class folders (2 or more), or give train/ val/ test/ split folders')
+    hint = ('add class folders (2 or more), or give train/ val/ test/ split folders' if dataset == 'folder' else
+            'a dataset of one class cannot hold classes out; test it as a target (data.test_dataset)')
+    raise UserError(f'{dataset}: {num_classes} class(es) cannot be split into seen and unseen classes: {hint}')
   folds = min(NUM_FOLDS, num_classes)
   if not 0 <= fold < folds:
-    raise UserError(f'folder: {num_classes} classes make {folds} folds: data.fold must be 0..{folds - 1}')
+    raise UserError(f'{dataset}: {num_classes} classes make {folds} folds: data.fold must be 0..{folds - 1}')
   return tuple(c for c in range(1, num_classes + 1) if (c - 1) * folds // num_classes == fold)
 
 
 def _images_and_masks(folder: str) -> tuple[list[str], dict[str, str]]:
-  files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+  files = sorted(f for f in os.listdir(folder) if f.lower().endswith(MASK_EXTENSIONS))
   masks = {os.path.splitext(f)[0][:-len('_mask')]: f for f in files if os.path.splitext(f)[0].endswith('_mask')}
-  images = [f for f in files if not os.path.splitext(f)[0].endswith('_mask')]
+  images = [f for f in files if not os.path.splitext(f)[0].endswith('_mask') and f.lower().endswith(IMAGE_EXTENSIONS)]
   return images, masks
 
 

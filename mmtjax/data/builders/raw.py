@@ -330,6 +330,7 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
     report = self.build_report[split]
     issues: dict[str, list] = {}
     per_class: dict[int, int] = {}
+    pixels: dict[int, int] = {}
     skipped = report.setdefault('skipped', {})  # kind -> [count, first file]: one console line each
 
     def load(item):
@@ -345,7 +346,9 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
         if error is not None:
           logging.warning('%s: skipping %s: %s', self.name, item.name, error)
           report['skipped_corrupt'].append(f'{item.name}: {error}')
-          kind = 'masks of another size than their image' if 'differ in size' in str(error) else 'unreadable files'
+          kind = ('masks of another size than their image' if 'differ in size' in str(error) else
+                  'colour masks without a palette in the class list' if 'has no palette' in str(error) else
+                  'unreadable files')
           skipped.setdefault(kind, [0, item.name])[0] += 1
           continue
         for ex in examples:
@@ -362,14 +365,18 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
             skipped.setdefault('masks without foreground (dropped)', [0, item.name])[0] += 1
             continue
           report['built'] += 1
-          for c in classes:
+          for c, a in zip(classes, areas):
             per_class[c] = per_class.get(c, 0) + 1
+            pixels[c] = pixels.get(c, 0) + int(a)
           yield ex.key, {'image': ex.image, 'label': transforms.encode_png(ex.label.astype(np.uint8)),
                          'classes': np.asarray(classes, np.int32), 'areas': np.asarray(areas, np.int32),
                          'binary': ex.binary, 'name': item.name, 'id': ex.id or ex.key}
     names = self.info.metadata.get('class_names') or []
-    report['per_class'] = {(names[c - 1] if 0 < c <= len(names) else str(c)): n
-                           for c, n in sorted(per_class.items())}
+
+    def name(c):
+      return names[c - 1] if 0 < c <= len(names) else str(c)
+    report['per_class'] = {name(c): n for c, n in sorted(per_class.items())}  # images holding the class
+    report['per_class_pixels'] = {name(c): n for c, n in sorted(pixels.items())}
     report['notes'] += [f'{n} masks: {issue} (first: {first})' for issue, (n, first) in issues.items()]
     if not report['built']:
       first = report['skipped_corrupt'][:1] or ['-']
@@ -414,7 +421,8 @@ def write_report(builder: RawBuilder) -> None:
     for kind, (n, first) in r.get('skipped', {}).items():
       warn(f'{builder.name}/{split}: skipped {n} {kind} (first: {first}); build report: {path}')
     for note in r['notes']:
-      if 'skipped' in note:  # e.g. the folder builder's images without a mask file
+      if 'skipped' in note or 'unknown label value' in note or 'not in the palette' in note:
+        # e.g. the folder builder's images without a mask file, a class list shorter than the masks
         warn(f'{builder.name}/{split}: {note}; build report: {path}')
     log = logging.warning if r['skipped_corrupt'] else logging.info
     per_class = ', '.join(f'{k} {v}' for k, v in r.get('per_class', {}).items())

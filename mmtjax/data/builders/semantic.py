@@ -1,0 +1,300 @@
+"""A user's multi-class segmentation dataset: images and label-index masks, mmsegmentation's convention.
+
+Layouts (the root is data.manual_dir; found automatically, first match):
+  <root>/img_dir/<split>/...       <root>/ann_dir/<split>/...      mmsegmentation's custom dataset
+  <root>/images/<split>/...        <root>/annotations/<split>/...  ADE20K (training/validation)
+  <root>/<split>/...               <root>/<split>annot/...         CamVid as SegNet ships it
+  <root>/images/...                <root>/annotations/...          one folder; splits from <root>/<split>.txt
+                                                                   list files, else none
+or given by data.semantic.img_dir / ann_dir, paths under the root with an
+optional '{split}' (e.g. 'leftImg8bit/{split}', 'gtFine/{split}'). Split
+folders named training / validation / testing are the splits train / val /
+test. Folders are read recursively (Cityscapes' city folders); an image and
+its annotation pair by their path relative to the split folder, less
+img_suffix / seg_map_suffix (mmsegmentation's names; None: any image
+extension), e.g. 'aachen/a_leftImg8bit.png' <-> 'aachen/a_gtFine_labelTrainIds.png'.
+A split list file holds one such name (no suffix) per line.
+
+Annotations are label-index maps in any format PIL reads (8-bit grey or
+palette PNG, BMP, TIFF, GIF; 16-bit when the values fit): value i is the
+i-th class of the class list; data.semantic.ignore_index (default 255,
+CamVid 11) is ignored; reduce_zero_label (ADE20K) ignores 0 and shifts the
+rest down by one, as mmsegmentation does. With a palette in the class list,
+RGB masks are mapped through it (a colour not in it is ignored, counted).
+
+The class list: data.semantic.classes, a file (one name per line in label
+order, or JSON: {"classes": [names], "palette": [[r, g, b], ...]}) or names
+separated by commas; None: <root>/classes.txt or <root>/classes.json.
+
+Each image is stored once with its label map (class i -> id i + 1, ignored
+-> 255); a class counts in an image only with >= data.min_pixels pixels, as
+for the benchmarks. The build report holds images and pixels per class,
+unknown label values, images without annotation and annotations without
+image (counted, with the first file), masks of another size (skipped).
+
+Each root with its options is its own dataset (tfds config `<folder name>_<hash>`);
+editing the files in place needs deleting <data_dir>/semantic/<that config>.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+
+import numpy as np
+
+from mmtjax.data.builders import folder, raw
+from mmtjax.errors import UserError
+from mmtjax.labels import IGNORE_LABEL
+
+SPLIT_NAMES = {'train': 'train', 'training': 'train', 'val': 'val', 'validation': 'val', 'test': 'test',
+               'testing': 'test'}
+# (image dir, annotation dir) patterns tried in order; '{split}' is a split folder.
+AUTO_LAYOUTS = (('img_dir/{split}', 'ann_dir/{split}'), ('images/{split}', 'annotations/{split}'),
+                ('{split}', '{split}annot'), ('img_dir', 'ann_dir'), ('images', 'annotations'))
+CLASS_FILES = ('classes.txt', 'classes.json')
+MAX_CLASSES = 254  # stored ids 1..254; 255 is the ignore label
+
+OPTIONS = dict(img_dir=None, ann_dir=None, img_suffix=None, seg_map_suffix=None, classes=None,
+               ignore_index=255, reduce_zero_label=False)
+
+
+def options(given) -> dict:
+  """data.semantic (a ConfigDict, dict or None) with every field, checked (one line per problem)."""
+  given = dict(given or {})
+  unknown = sorted(set(given) - set(OPTIONS))
+  if unknown:
+    raise UserError(f'data.semantic: unknown field(s) {unknown}; it has {sorted(OPTIONS)}')
+  out = {**OPTIONS, **{k: v for k, v in given.items() if v is not None}}
+  if not isinstance(out['ignore_index'], int) or not 0 <= out['ignore_index'] <= 65535:
+    raise UserError(f'data.semantic.ignore_index must be an integer label value, got {out["ignore_index"]!r}')
+  if (out['img_dir'] is None) != (out['ann_dir'] is None):
+    raise UserError('data.semantic: give both img_dir and ann_dir (or neither, to find the layout)')
+  return out
+
+
+def config_name(root: str, opts: dict) -> str:
+  """The tfds config name: the folder's name and a hash of its path, options and class list."""
+  root = os.path.abspath(os.path.expanduser(root))
+  slug = re.sub(r'[^a-z0-9]+', '_', os.path.basename(root).lower()).strip('_') or 'root'
+  h = hashlib.sha1(json.dumps([root, opts], sort_keys=True).encode())
+  path = _class_file(root, opts['classes'])
+  if path:
+    with open(path, 'rb') as f:
+      h.update(f.read())
+  return f'{slug[:40]}_{h.hexdigest()[:8]}'
+
+
+def _class_file(root: str, classes) -> str | None:
+  if classes is None:
+    return next((os.path.join(root, f) for f in CLASS_FILES if os.path.isfile(os.path.join(root, f))), None)
+  if isinstance(classes, str) and (os.sep in classes or os.path.isfile(os.path.expanduser(classes))
+                                   or classes.lower().endswith(('.txt', '.json'))):
+    path = os.path.expanduser(classes)
+    path = path if os.path.isabs(path) or os.path.isfile(path) else os.path.join(root, path)
+    if not os.path.isfile(path):
+      raise UserError(f'semantic: the class list {classes} does not exist (data.semantic.classes: a file, '
+                      f'or names separated by commas)')
+    return path
+  return None
+
+
+def read_classes(root: str, classes) -> tuple[tuple[str, ...], np.ndarray | None]:
+  """(names in label order, palette [C, 3] uint8 or None) from data.semantic.classes."""
+  path = _class_file(root, classes)
+  palette = None
+  if path is None and classes is None:
+    raise UserError(f'semantic: no class list: put {" or ".join(CLASS_FILES)} in {root} (one class name per '
+                    f'line, in label order) or pass --config.data.semantic.classes=NAME,NAME,...')
+  if path is None:
+    names = [c.strip() for c in (classes.split(',') if isinstance(classes, str) else classes)]
+  elif path.lower().endswith('.json'):
+    try:
+      with open(path) as f:
+        spec = json.load(f)
+    except (OSError, ValueError) as e:
+      raise UserError(f'semantic: cannot read the class list {path}: {e}') from e
+    if isinstance(spec, list):  # [{"name": ..., "color": [r, g, b]}, ...] or [names]
+      spec = {'classes': [s['name'] if isinstance(s, dict) else s for s in spec],
+              'palette': [s['color'] for s in spec] if spec and all(isinstance(s, dict) and 'color' in s
+                                                                  for s in spec) else None}
+    names, colours = spec.get('classes') or [], spec.get('palette')
+    if colours is not None:
+      palette = np.asarray(colours)
+      if palette.shape != (len(names), 3) or palette.min() < 0 or palette.max() > 255:
+        raise UserError(f'semantic: {path}: the palette must be one [r, g, b] (0-255) per class '
+                        f'({len(names)} classes)')
+      palette = palette.astype(np.uint8)
+      if len({tuple(c) for c in palette.tolist()}) < len(names):
+        raise UserError(f'semantic: {path}: two classes share a palette colour')
+  else:
+    with open(path, encoding='utf-8') as f:
+      names = [line.strip() for line in f if line.strip()]
+  names = [str(n) for n in names]
+  if not names or any(not n for n in names):
+    raise UserError(f'semantic: the class list {path or classes!r} names no class (or an empty name)')
+  if len(set(names)) < len(names):
+    raise UserError(f'semantic: the class list {path or classes!r} names a class twice')
+  if len(names) > MAX_CLASSES:
+    raise UserError(f'semantic: {len(names)} classes; at most {MAX_CLASSES} are supported')
+  return tuple(names), palette
+
+
+def _files(folder_path: str, suffix: str | None, extensions) -> dict[str, str]:
+  """{name relative to the folder, less the suffix (or extension): path} of its files, recursively."""
+  out = {}
+  for top, dirs, files in os.walk(folder_path):
+    dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+    for f in sorted(files):
+      if f.startswith('.'):
+        continue
+      rel = os.path.relpath(os.path.join(top, f), folder_path).replace(os.sep, '/')
+      if suffix is not None:
+        if rel.endswith(suffix):
+          out[rel[:-len(suffix)]] = os.path.join(top, f)
+      elif f.lower().endswith(extensions):
+        out[os.path.splitext(rel)[0]] = os.path.join(top, f)
+  return out
+
+
+def label_map(path: str, num_classes: int, opts: dict, palette: np.ndarray | None) -> raw.Mask:
+  """An annotation file -> stored ids (class i -> i + 1, ignored -> 255); values beyond the class
+  list become 255 and are noted, one issue per value."""
+  m = raw.mask_pixels(path) if palette is not None else _index_pixels(path)
+  if m.ndim == 3:
+    if palette is None:
+      raise UserError(f'{path}: a colour (RGB) mask, but the class list has no palette; give a JSON class '
+                      f'list with "palette", or label-index masks')
+    codes = (m[..., 0].astype(np.int64) << 16) | (m[..., 1].astype(np.int64) << 8) | m[..., 2]
+    keys = (palette[:, 0].astype(np.int64) << 16) | (palette[:, 1].astype(np.int64) << 8) | palette[:, 2]
+    order = np.argsort(keys)
+    pos = np.clip(np.searchsorted(keys[order], codes), 0, len(keys) - 1)
+    hit = keys[order][pos] == codes
+    out = np.where(hit, order[pos] + 1, IGNORE_LABEL).astype(np.uint8)
+    issues = ('colours not in the palette (ignored)',) if not hit.all() else ()
+    return raw.Mask(out, issues)
+  v = m.astype(np.int64)
+  ignore = v == opts['ignore_index'] if not opts['reduce_zero_label'] else (v == 0)
+  if opts['reduce_zero_label']:
+    v = v - 1
+    ignore |= v == opts['ignore_index']
+  unknown = ~ignore & ((v < 0) | (v >= num_classes))
+  out = np.where(ignore | unknown, IGNORE_LABEL, v + 1).astype(np.uint8)
+  issues = tuple(f'unknown label value {v} (beyond the {num_classes} classes of the class list and not '
+                 f'data.semantic.ignore_index: ignored)' for v in np.unique(m[unknown]).tolist())
+  return raw.Mask(out, issues)
+
+
+def _index_pixels(path: str) -> np.ndarray:
+  """The label values of an index mask: a palette image's indices (not its colours), 16-bit as is."""
+  im = raw._open_mask(path)
+  if im.mode in ('L', 'P', 'I;16', 'I;16B', 'I;16L', 'I'):
+    return np.asarray(im)
+  if im.mode == '1':
+    return np.asarray(im, np.uint8)
+  a = np.asarray(im.convert('RGB'))
+  if (a == a[..., :1]).all():  # a grey map saved as RGB: the grey value is the label
+    return a[..., 0].copy()
+  return a
+
+
+class Semantic(raw.RawBuilder):
+  """A user's label-index (multi-class) dataset (see the module docstring for the layouts)."""
+
+  DOWNLOAD_PAGE = 'your own files (README: "Use your own data")'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
+  SEARCH_DEPTH = 0
+  DEFAULTS = dict(train_split='train', val_split='val', test_split='test', protocol='custom')
+  options: dict = OPTIONS  # data.semantic, checked (set by datasets.load_raw_builder)
+
+  def layout_dirs(self, root: str) -> tuple[dict[str, tuple[str, str]], str | None]:
+    """({split: (image folder, annotation folder)}, split list pattern or None) of a root."""
+    o = self.options
+    patterns = ((o['img_dir'], o['ann_dir']),) if o['img_dir'] is not None else AUTO_LAYOUTS
+    for img, ann in patterns:
+      if '{split}' in img:
+        parent = os.path.dirname(os.path.join(root, img.split('{split}')[0] + 'x'))
+        found = {}
+        for d in raw._subdirs(parent):
+          if d.lower() in SPLIT_NAMES and os.path.isdir(os.path.join(root, ann.format(split=d))) \
+              and os.path.isdir(os.path.join(root, img.format(split=d))):
+            found.setdefault(SPLIT_NAMES[d.lower()], (os.path.join(root, img.format(split=d)),
+                                                      os.path.join(root, ann.format(split=d))))
+        if found:
+          return found, None
+      elif os.path.isdir(os.path.join(root, img)) and os.path.isdir(os.path.join(root, ann)):
+        pair = (os.path.join(root, img), os.path.join(root, ann))
+        lists = {s: os.path.join(root, f'{s}.txt') for s in ('train', 'val', 'test')}
+        lists = {s: p for s, p in lists.items() if os.path.isfile(p)}
+        return ({s: pair for s in lists}, '{split}.txt') if lists else ({folder.ALL: pair}, None)
+    return {}, None
+
+  def is_root(self, path):
+    return 0 if self.layout_dirs(path)[0] else None
+
+  def find_root(self, manual_dir):
+    if not manual_dir or not os.path.isdir(os.path.expanduser(manual_dir)):
+      raise raw.RawDataError(f'semantic: data.manual_dir must name your data folder (got {manual_dir!r}); '
+                             f'layouts: the semantic builder docstring (README: "Use your own data")')
+    root = self.manual_top = os.path.abspath(os.path.expanduser(manual_dir))
+    if self.is_root(root) is None:
+      wanted = ', '.join(f'{i}/ + {a}/' for i, a in AUTO_LAYOUTS if '{split}' not in i)
+      given = self.options['img_dir']
+      raise raw.RawDataError(
+          f'semantic: {root} holds no ' + (f'{given}/ and {self.options["ann_dir"]}/ folders (data.semantic.'
+                                           f'img_dir, ann_dir)' if given else
+                                           f'image and annotation folders: looked for {wanted}, or train/ + '
+                                           f'trainannot/ (SegNet CamVid), or set data.semantic.img_dir and ann_dir'))
+    read_classes(root, self.options['classes'])  # a bad class list: one line before any work
+    return root
+
+  def splits(self, root):
+    return tuple(self.layout_dirs(root)[0])
+
+  def class_names(self, root=None):
+    if root is None:
+      return tuple(self.info.metadata.get('class_names', ()))
+    return read_classes(root, self.options['classes'])[0]
+
+  def pairs(self, root: str, split: str) -> tuple[list[tuple[str, str, str]], list[str], list[str]]:
+    """([(name, image, annotation)], images without annotation, annotations without image)."""
+    dirs, lists = self.layout_dirs(root)
+    img_dir, ann_dir = dirs[split]
+    o = self.options
+    images = _files(img_dir, o['img_suffix'], folder.IMAGE_EXTENSIONS)
+    if img_dir == ann_dir or os.path.commonpath([img_dir, ann_dir]) == img_dir:
+      images = {k: v for k, v in images.items() if not v.startswith(ann_dir + os.sep)}
+    anns = _files(ann_dir, o['seg_map_suffix'], folder.MASK_EXTENSIONS)
+    names = sorted(images)
+    if lists:
+      with open(os.path.join(root, lists.format(split=split))) as f:
+        wanted = [line.strip() for line in f if line.strip()]
+      missing = [n for n in wanted if n not in images]
+      if missing:
+        raise raw.RawDataError(f'semantic: {lists.format(split=split)} names {len(missing)} image(s) not in '
+                               f'{img_dir} (first: {missing[0]}); check data.semantic.img_suffix')
+      names = wanted
+    pairs = [(n, images[n], anns[n]) for n in names if n in anns]
+    listed = set(names)
+    return (pairs, [images[n] for n in names if n not in anns],
+            [p for n, p in anns.items() if n not in images and (not lists or n in listed)])
+
+  def items(self, root, split):
+    names, palette = read_classes(root, self.options['classes'])
+    pairs, no_ann, no_image = self.pairs(root, split)
+    load = functools.partial(label_map, num_classes=len(names), opts=self.options, palette=palette)
+    for name, image, ann in pairs:
+      yield raw.file_item(name, image, functools.partial(load, ann), id=os.path.basename(name),
+                          required=(image, ann), builder=self.name, page=self.DOWNLOAD_PAGE)
+    notes = self.build_report[split]['notes']
+    if no_ann:
+      notes.append(f'{len(no_ann)} images without an annotation were skipped (first: {no_ann[0]})')
+    if no_image:
+      notes.append(f'{len(no_image)} annotations without an image were skipped (first: {no_image[0]})')
+
+  def why_empty(self, root, split):
+    img_dir, ann_dir = self.layout_dirs(root)[0][split]
+    return f'no image in {img_dir} with an annotation of the same name in {ann_dir}'
