@@ -6,6 +6,8 @@ r"""Evaluates a checkpoint on fixed, seeded test episodes: one dataset, or a swe
   python evaluate.py --config configs/patnet.py --workdir W --suite patnet --shots 1,5 \
       --manual_dir deepglobe=~/data/Deepglobe --manual_dir isic2018=~/data/ISIC
   python evaluate.py --config configs/default.py --workdir 'runs/mmt_seed{seed}' --seeds 0,1,2
+  python evaluate.py --config configs/default.py --workdir /tmp/mmt --datasets horse=folder,ph2=folder \
+      --manual_dir horse=~/data/horse --manual_dir ph2=~/data/PH2
 
 --datasets / --suite (patnet: Deepglobe, ISIC2018, Chest X-ray, FSS-1000)
 test on each dataset with its published protocol; --seeds set the test
@@ -37,13 +39,14 @@ _BEST = flags.DEFINE_bool('best', False, 'Evaluate the best-by-validation checkp
                           '(<workdir>/checkpoints_best) instead of the latest.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Where to write the JSON report.')
 _DATASETS = flags.DEFINE_list('datasets', None, 'Test datasets, e.g. deepglobe,isic2018 (default: the '
-                              "config's test dataset).")
+                              "config's test dataset); LABEL=DATASET tests several of one kind, e.g. "
+                              'horse=folder,ph2=folder, each with --manual_dir LABEL=PATH.')
 _SUITE = flags.DEFINE_enum('suite', None, list(reports.SUITES), 'A named set of test datasets: patnet = '
                            'deepglobe, isic2018, chest_xray, fss1000.')
 _SHOTS = flags.DEFINE_list('shots', None, "Shot counts, e.g. 1,5 (default: the config's data.shot).")
 _SEEDS = flags.DEFINE_list('seeds', None, "Seeds, e.g. 0,1,2 (default: the protocol's own); mean ± std over them.")
 _MANUAL_DIR = flags.DEFINE_multi_string('manual_dir', [], 'NAME=PATH: the raw files of a test dataset not '
-                                        'built yet (repeatable).')
+                                        'built yet, NAME a dataset or a --datasets label (repeatable).')
 _SAVE_PREDICTIONS = flags.DEFINE_integer('save_predictions', 0, 'Write PNG panels of the first N test '
                                          'episodes per dataset, shot and eval mode.')
 flags.mark_flags_as_required(['config', 'workdir'])

@@ -19,11 +19,26 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from mmtjax import adapt, checkpointing, config_lib, methods, metrics, ops, parallel, reports, visualize
-from mmtjax.data import datasets, pipeline, protocols
+from mmtjax.data import datasets, pipeline, protocols, transforms
 from mmtjax.data import episodes as episode_lists
 from mmtjax.errors import UserError
 from mmtjax.models import get_model
 from mmtjax.state import create_train_state
+
+PANEL_MAX_SIDE = 480  # episode panels show images at their own resolution, the longer side capped here
+PROGRESS_EVERY_S = 20.0  # an evaluation running longer prints a progress line this often
+
+
+def progress(message: str) -> None:
+  """A progress line on stderr (process 0 only), so stdout keeps the tables."""
+  if jax.process_index() == 0:
+    import sys
+    print(message, file=sys.stderr, flush=True)
+
+
+def duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f'{seconds // 3600}h{seconds // 60 % 60:02d}m' if seconds >= 3600 else f'{seconds // 60}m{seconds % 60:02d}s'
 
 
 def eval_rows(method, config: ml_collections.ConfigDict) -> dict[str, tuple[dict, Any]]:
@@ -95,7 +110,8 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
     return b, parallel.shard(b, devices)
 
   start = time.perf_counter()
-  first_batch_s = waited = 0.0
+  first_batch_s = waited = last_said = 0.0
+  per_batch = n_dev * per_device * jax.process_count()
   ready = iter(pipeline.prefetch(batches, put))
   for n_batch in itertools.count():
     t0 = time.perf_counter()
@@ -115,8 +131,15 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
         h = parallel.local_array(h).reshape(valid.size, -1)[valid].sum(axis=0)
         hist_totals[name][key] = hist_totals[name].get(key, 0) + h
       meters[name].add(host['class_id'], out, host['valid'])
+    now = time.perf_counter()
     if not n_batch:
-      first_batch_s = time.perf_counter() - start
+      first_batch_s = last_said = now - start
+    elif now - start - last_said >= PROGRESS_EVERY_S:  # the ETA leaves out the first (compiling) batch
+      last_said = now - start
+      done = min(len(episodes), (n_batch + 1) * per_batch)
+      rate = (done - per_batch) / max(now - start - first_batch_s, 1e-9)
+      progress(f'  eval {split.dataset}/{split.name} {config.data.shot}-shot: {done}/{len(episodes)} episodes, '
+               f'{rate:.1f} episodes/s, ETA {duration((len(episodes) - done) / max(rate, 1e-9))}')
   total = time.perf_counter() - start
   for m in meters.values():
     m.merge_processes(sorted({e.class_id for e in episodes}))  # the anchors' lists may hold other classes
@@ -169,10 +192,12 @@ def prediction_panels(model, variables: Any, config: ml_collections.ConfigDict, 
   """Panels (visualize.episode_panel) of the first `count` test episodes, one per eval mode.
 
   variables: host (unreplicated). The prediction is the evaluation's own (the
-  same eval step, in 'logits' output), shown and scored at the model's input
-  size; the panel's IoU is the episode's foreground IoU there. Returns
-  [(name, PIL image)]; with `directory`, also written there as
-  <prefix>_<mode>_episode<i>.png (the names are then those paths).
+  same eval step, in 'logits' output), resized bilinearly to the query's
+  original resolution (longer side capped at PANEL_MAX_SIDE) and shown there
+  over the original image and mask, supports likewise; the panel's IoU is the
+  episode's foreground IoU at that resolution. Returns [(name, PIL image)];
+  with `directory`, also written there as <prefix>_<mode>_episode<i>.png (the
+  names are then those paths).
   """
   episodes = episode_lists.protocol_episodes(split, datasets.test_data(config.data), protocol,
                                              config.data.shot)[:count]
@@ -189,23 +214,32 @@ def prediction_panels(model, variables: Any, config: ml_collections.ConfigDict, 
   cache = {} if step_cache is None else step_cache
   if directory:
     os.makedirs(directory, exist_ok=True)
+
+  def originals(index: int, class_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """The record's image (uint8) and episode mask at its own resolution, capped."""
+    record = split.source[int(index)]
+    image = transforms.to_rgb(transforms.decode_image(record['image'], f'image of example {index}'))
+    label = transforms.decode_image(record['label'], f'label of example {index}')
+    mask = transforms.class_mask(label, 1 if record.get('binary', False) else class_id)
+    if max(mask.shape) > PANEL_MAX_SIDE:
+      image, mask = transforms.resize_longer_side(image, mask, PANEL_MAX_SIDE)
+    return image, mask
+
   out = []
   for name, mode in method.eval_modes.items():
     key = ('panels', name, tuple(sorted(mode.items())), kshot)
     if key not in cache:
       cache[key] = parallel.make_eval_step(method, model, mode, device, 'logits', kshot)
     logits, _ = cache[key](replicated, parallel.shard(batch, device))
-    labels = batch['query_labels'][0]
-    pred = np.asarray(metrics.episode_prediction(parallel.local_array(logits)[0], labels.shape[1:3]))
-    counts = metrics.prediction_counts(pred, labels)
+    logits = parallel.local_array(logits)[0]
     for i, ep in enumerate(episodes):
-      supports = [(visualize.display_image(im), m) for im, m in
-                  zip(batch['support_images'][0, i], batch['support_labels'][0, i])]
-      iou = 100.0 * counts[i, 0] / max(counts[i, 1], 1)
+      query, truth = originals(ep.query, ep.class_id)
+      pred = np.asarray(metrics.episode_prediction(logits[i:i + 1], truth.shape))[0]
+      counts = metrics.prediction_counts(pred[None], truth[None])
+      iou = 100.0 * counts[0, 0] / max(counts[0, 1], 1)
       title = (f'{split.dataset}/{split.name} episode {i}, class {split.class_name(ep.class_id)}, '
-               f'{config.data.shot}-shot, {name}: IoU {iou:.1f}')
-      image = visualize.episode_panel(supports, visualize.display_image(batch['query_images'][0, i]),
-                                      labels[i], pred[i], title)
+               f'{config.data.shot}-shot, {name}: IoU {iou:.1f} at {truth.shape[1]} x {truth.shape[0]}')
+      image = visualize.episode_panel([originals(s, ep.class_id) for s in ep.supports], query, truth, pred, title)
       where = f'{name}/episode{i:03d}'
       if directory:
         where = os.path.join(directory, f'{prefix}_{name}_episode{i:03d}.png')
@@ -234,11 +268,13 @@ def image_style_stats(model, variables: Any, split: datasets.SplitData, image_si
 
 
 def memory_picture(model, variables: Any, config: ml_collections.ConfigDict, path: str,
-                   source: datasets.SplitData, target: datasets.SplitData | None) -> str | None:
+                   source: datasets.SplitData, target: datasets.SplitData | None,
+                   report: dict | None = None) -> str | None:
   """Writes the memory PCA picture (visualize.memory_pca_png) for a model with a style memory.
 
-  variables: host (unreplicated) variables. Returns the path, or None when
-  the model keeps no style memory.
+  variables: host (unreplicated) variables; report: an evaluation's report, whose per-item
+  counts of target images (results[mode]['memory_item_target']) label the items. Returns
+  the path, or None when the model keeps no style memory.
   """
   bank = style_memory_bank(variables)
   if bank is None:
@@ -246,9 +282,11 @@ def memory_picture(model, variables: Any, config: ml_collections.ConfigDict, pat
   size = config.data.image_size
   src = image_style_stats(model, variables, source, size)
   tgt = image_style_stats(model, variables, target, size) if target is not None else None
+  chosen = next((r[k] for r in (report or {}).get('results', {}).values() for k in r
+                 if k.startswith('memory_item_') and len(r[k]) == len(bank['means'])), None)
   visualize.memory_pca_png(path, bank['means'], src, tgt,
                            title=f'{len(bank["means"])} items, {config.data.train_split} vs '
-                                 f'{config.data.test_split}')
+                                 f'{config.data.test_split}', chosen=None if chosen is None else np.asarray(chosen))
   return path
 
 
@@ -410,13 +448,29 @@ def _target_config(config: ml_collections.ConfigDict, name: str, manual_dir: str
   return cfg
 
 
-def _not_ready(cfg: ml_collections.ConfigDict) -> str | None:
+def _target_kinds(entries: Sequence[str]) -> dict[str, str]:
+  """Test dataset entries -> {label: dataset}: 'deepglobe', or 'LABEL=DATASET' to test several
+  datasets of one kind (your folders: horse=folder,ph2=folder, each with --manual_dir LABEL=PATH)."""
+  out = {}
+  for entry in entries:
+    label, sep, kind = entry.partition('=')
+    label, kind = (label.strip(), kind.strip()) if sep else (entry.strip(), entry.strip())
+    if kind not in datasets.DATASETS:
+      raise UserError(f'unknown dataset {kind!r}; available: {list(datasets.DATASETS)} (a labelled one: '
+                      f'LABEL=DATASET, e.g. horse=folder)')
+    if not label or label in out:
+      raise UserError(f'test dataset {label!r} is named twice; label each one: e.g. horse=folder,ph2=folder')
+    out[label] = kind
+  return out
+
+
+def _not_ready(cfg: ml_collections.ConfigDict, label: str | None = None) -> str | None:
   """Why the test dataset of `cfg` cannot run now (not built and no raw files given), or None."""
   data = datasets.test_data(cfg.data)
   if data.get('manual_dir') or datasets.is_prepared(data):
     return None
   return (f'{data.dataset} is not built in {data.get("data_dir") or "the default TFDS data dir"}; build it '
-          f'once with --manual_dir {data.dataset}=PATH (its raw files; README: Datasets)')
+          f'once with --manual_dir {label or data.dataset}=PATH (its raw files; README: Datasets)')
 
 
 def _restore(workdir: str, config, best: bool, step: int | None):
@@ -460,10 +514,8 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, *, test_datasets: lis
   datasets.resolve(config, training=False)
   config_lib.validate(config)
   manual_dirs = dict(manual_dirs or {})
-  names = list(test_datasets or [datasets.test_data(config.data).dataset])
-  for name in [*names, *manual_dirs]:
-    if name not in datasets.DATASETS:
-      raise UserError(f'unknown dataset {name!r}; available: {list(datasets.DATASETS)}')
+  kinds = _target_kinds(test_datasets or [datasets.test_data(config.data).dataset])
+  names = list(kinds)
   stray = sorted(set(manual_dirs) - set(names))
   if stray:
     raise UserError(f'--manual_dir names {stray}, which this evaluation does not test ({names})')
@@ -480,8 +532,8 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, *, test_datasets: lis
                       if per_run else workdir)
   targets, skipped = {}, []
   for name in names:
-    cfg = _target_config(config, name, manual_dirs.get(name))
-    why = _not_ready(cfg)
+    cfg = _target_config(config, kinds[name], manual_dirs.get(name))
+    why = _not_ready(cfg, name)
     if why:
       skipped.append({'dataset': name, 'reason': why})
     else:
@@ -495,7 +547,8 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, *, test_datasets: lis
       restored[where] = (s, model, host, parallel.replicate(host))
     return where, restored[where]
 
-  runs, pictures, cache, splits = [], [], {}, {}
+  runs, cache, splits = [], {}, {}
+  total_runs = len(targets) * len(shots) * len(seeds or [None])
   kind = 'best' if best else 'latest'
   first_where, (first_step, *_) = checkpoint(seeds[0] if per_run else None)
   for name, cfg in targets.items():
@@ -520,7 +573,15 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, *, test_datasets: lis
         run.update(step=s, checkpoint=os.path.join(where, checkpointing.BEST_SUBDIR if best
                                                     else checkpointing.SUBDIR), episode_seed=chosen.seed,
                    seed=seed)
+        if name != kinds[name]:  # a labelled target (several folders of one kind): the label names it
+          run.update(dataset=name, dataset_kind=kinds[name])
         runs.append(run)
+        if total_runs > 1:
+          steady = [r['seconds'] - r['first_batch_s'] for r in runs]
+          first = next(iter(run['results']))
+          progress(f"[{len(runs)}/{total_runs}] {name} {shot}-shot seed {seed}: {first} mIoU "
+                   f"{run['results'][first]['miou']:.2f} ({duration(run['seconds'])}); ETA "
+                   f"{duration(np.mean(steady) * (total_runs - len(runs)))} (compiling excluded)")
   if not runs:
     raise UserError('nothing was evaluated: ' + '; '.join(f"{x['dataset']}: {x['reason']}" for x in skipped))
   single = len(runs) == 1 and not skipped
@@ -547,35 +608,51 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, *, test_datasets: lis
     seeds_part = '+'.join(str(x) for x in report['seeds'])
     path = output or os.path.join(directory, f"eval_{kind}_step{first_step}_{label or '+'.join(names)}_"
                                              f"{'+'.join(str(k) for k in shots)}shot_seeds{seeds_part}.json")
-  report['report_path'] = write_report(report, path)
-  stem = os.path.splitext(report['report_path'])[0]
   caption = (f"{reports.METHOD_NAMES.get(method, method)}, {kind} checkpoint, step {first_step}; "
              f"seeds {sorted({r['seed'] for r in runs})} ({'training runs' if per_run else 'test episodes'}); "
              f"k-shot: {config.eval.get('kshot', 'model')}; protocols: "
              + ', '.join(f"{n} {r['protocol']}" for n, r in {r['dataset']: r for r in runs}.items())
              + ''.join(f"; not evaluated: {x['dataset']} ({x['reason']})" for x in skipped) + '.')
+  _, (_, model, host, _) = checkpoint(seeds[0] if per_run else None)
+  return publish(report, runs, path, config=config, targets=targets, splits=splits, model=model, host=host,
+                 caption=caption, save_predictions=save_predictions, cache=cache)
+
+
+def publish(report: dict, runs: Sequence[dict], path: str, *, config, targets: dict, splits: dict, model,
+            host, caption: str, save_predictions: int = 0, cache: dict | None = None,
+            source: datasets.SplitData | None = None) -> dict:
+  """Writes an evaluation's files, the same for evaluate.py and train.py's final test (never
+  replacing a file): the JSON report at `path`, a Markdown table of its numbers, per-class IoU
+  bars per dataset and shot, the memory picture (MMT) and `save_predictions` episode panels per
+  dataset, shot and eval mode. `targets`/`splits`: dataset name -> its config / test split;
+  `model`, `host`: the network and host variables the pictures use. Returns the report with
+  the paths written."""
+  method = config.model.name
+  single = len(runs) == 1 and report is runs[0]
+  report['report_path'] = write_report(report, path)
+  stem = os.path.splitext(report['report_path'])[0]
   report['markdown_path'] = write_text(stem + '.md', reports.markdown(reports.summarize(runs), method, caption, runs))
-  panels, source = unused_path(stem + '_predictions'), None
+  panels, pictures = unused_path(stem + '_predictions'), []
+  cache = {} if cache is None else cache
   for name, cfg in targets.items():
     done = [r for r in runs if r['dataset'] == name]
     if not done:
       continue
     split = splits[name]
-    for shot in shots:
+    for shot in sorted({r['shot'] for r in done}):
       pictures.append(class_bars(stem, split, [r for r in done if r['shot'] == shot], method))
       if save_predictions > 0:
+        cfg = copy.deepcopy(cfg)
         with cfg.unlocked():
           cfg.data.shot = shot
-        _, (_, model, host, _) = checkpoint(seeds[0] if per_run else None)
         protocol = protocols.test_protocol(datasets.test_data(cfg.data), cfg.eval)
         protocol = dataclasses.replace(protocol, seed=done[0]['episode_seed'])
-        pictures += [path for path, _ in prediction_panels(model, host, cfg, split, protocol, save_predictions,
-                                                             panels, f'{name}_{shot}shot', cache)]
-    _, (_, model, host, _) = checkpoint(seeds[0] if per_run else None)
+        pictures += [p for p, _ in prediction_panels(model, host, cfg, split, protocol, save_predictions,
+                                                       panels, f'{name}_{shot}shot', cache)]
     if source is None:  # The training split, for the memory picture: loaded once.
       source = datasets.load_split(config.data, config.data.train_split, training=False)
     picture = memory_picture(model, host, cfg, unused_path(f'{stem}_{name}_memory.png' if not single else
-                                                           f'{stem}_memory.png'), source, split)
+                                                           f'{stem}_memory.png'), source, split, done[0])
     if picture:
       report['memory_picture'] = picture
   report['pictures'] = [p for p in pictures if p]
@@ -583,19 +660,19 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, *, test_datasets: lis
 
 
 def class_bars(stem: str, split: datasets.SplitData, runs: Sequence[dict], method: str) -> str | None:
-  """Per-class IoU bars of the runs' first eval mode, averaged over their seeds; returns the path."""
+  """Per-class IoU bars of every eval mode, averaged over the runs' seeds; returns the path."""
   if not runs:
     return None
-  mode = next(iter(runs[0]['results']))
-  classes = sorted({c for r in runs for c in r['results'][mode]['per_class']}, key=int)
-  ious = [float(np.mean([r['results'][mode]['per_class'][c] for r in runs if c in r['results'][mode]['per_class']]))
-          for c in classes]
+  modes = list(runs[0]['results'])
+  classes = sorted({c for r in runs for m in modes for c in r['results'][m]['per_class']}, key=int)
+  series = {m: [float(np.mean([r['results'][m]['per_class'][c] for r in runs if c in r['results'][m]['per_class']]
+                              or [0.0])) for c in classes] for m in modes}
   run = runs[0]
   path = unused_path(f"{stem}_{run['dataset']}_{run['shot']}shot_classes.png")
-  visualize.class_iou_png(path, [split.class_name(int(c)) for c in classes], ious,
-                          f"{reports.METHOD_NAMES.get(method, method)} ({mode}), {run['dataset']}/{run['split']}, "
-                          f"{run['shot']}-shot, {len(runs)} seed(s): per-class IoU, line = mIoU",
-                          mean=float(np.mean([r['results'][mode]['miou'] for r in runs])))
+  visualize.class_iou_png(path, [split.class_name(int(c)) for c in classes], series,
+                          f"{reports.METHOD_NAMES.get(method, method)}, {run['dataset']}/{run['split']}, "
+                          f"{run['shot']}-shot, {len(runs)} seed(s): per-class IoU; lines: mIoU",
+                          means={m: float(np.mean([r['results'][m]['miou'] for r in runs])) for m in modes})
   return path
 
 

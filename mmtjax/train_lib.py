@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mmtjax import checkpointing, config_lib, eval_lib, methods, parallel, tensorboard_events
+from mmtjax import checkpointing, config_lib, eval_lib, methods, parallel, reports, tensorboard_events
 from mmtjax.data import datasets, pipeline, protocols
 from mmtjax.data.episodes import EpisodeSampler
 from mmtjax.errors import DivergedError, Terminated, UserError, warn
@@ -43,11 +43,6 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
-def _format_duration(seconds: float) -> str:
-  seconds = int(seconds)
-  return f'{seconds // 3600}h{seconds // 60 % 60:02d}m' if seconds >= 3600 else f'{seconds // 60}m{seconds % 60:02d}s'
-
-
 class _Log:
   """Progress lines with ETA on the console, one JSON object per line in metrics.jsonl, and the
   same scalars (plus prediction panels) as TensorBoard events in <workdir>/tensorboard/."""
@@ -57,6 +52,7 @@ class _Log:
     self.total, self.start = total, start
     self.t0 = self.t_last = time.time()
     self.last_step = start
+    self.t_first, self.step_first = None, start
     # A resumed run marks its start, so TensorBoard drops what was logged past the checkpoint.
     self.events = (tensorboard_events.Writer(os.path.join(workdir, tensorboard_events.SUBDIR),
                                              start if resumed else 0)
@@ -85,8 +81,14 @@ class _Log:
   def train(self, step: int, stats: dict, episodes_per_step: int) -> None:
     now = time.time()
     rate = (step - self.last_step) * episodes_per_step / max(now - self.t_last, 1e-9)
-    done = step - self.start
-    eta = (now - self.t0) / max(done, 1) * (self.total - step)
+    # The ETA counts from the first progress line on when there is one, so the compile (and,
+    # after a resume, the restore) before it does not stretch the estimate; the steps left
+    # are counted from where this process started.
+    if self.t_first is None:
+      self.t_first, self.step_first = now, step
+      eta = (now - self.t0) / max(step - self.start, 1) * (self.total - step)
+    else:
+      eta = (now - self.t_first) / max(step - self.step_first, 1) * (self.total - step)
     self.t_last, self.last_step = now, step
     terms = ' '.join(f'{k[5:]} {v:.4f}' for k, v in stats.items() if k.startswith('loss_'))
     bar_len = 20
@@ -97,7 +99,7 @@ class _Log:
                 f'{stats.get("memory_items_source", 0):.0f}/{stats.get("memory_items_nearest", 0):.0f}')
     say(f'[{"#" * filled}{"." * (bar_len - filled)}] step {step}/{self.total} | '
         f'loss {stats["loss"]:.4f} ({terms}) | lr {stats["lr"]:.2e}{memory} | '
-        f'{rate:.1f} episodes/s | ETA {_format_duration(eta)}')
+        f'{rate:.1f} episodes/s | ETA {eval_lib.duration(eta)}')
     self.write({'step': step, 'time': now, 'episodes_per_s': rate, **stats})
     self.scalars(step, {f'train/{k}': v for k, v in {'episodes_per_s': rate, **stats}.items() if k != 'finite'})
 
@@ -403,18 +405,20 @@ def _final_evaluation(model, rstate, config, workdir: str, num_steps: int, devic
       f'{", ".join(test_split.class_name(c) for c in test_split.classes)})')
   report = eval_lib.evaluate_variables(model, parallel.eval_variables(rstate), config, test_split,
                                        devices=devices)
-  report['step'] = num_steps
-  report['checkpoint'] = checkpointing.SUBDIR
+  report.update(step=num_steps, checkpoint=checkpointing.SUBDIR, episode_seed=report['seed'])
   say(eval_lib.format_report(report))
-  if jax.process_index() == 0:
-    path = eval_lib.write_report(report, os.path.join(workdir, eval_lib.report_name(report, 'latest')))
-    say(f'report: {path}')
-    source = datasets.load_split(config.data, config.data.train_split, training=False)
-    picture = eval_lib.memory_picture(model, parallel.unreplicate(parallel.eval_variables(rstate)), config,
-                                      eval_lib.unused_path(os.path.splitext(path)[0] + '_memory.png'),
-                                      source, test_split)
-    if picture:
-      say(f'memory picture: {picture}')
+  if jax.process_index() == 0:  # the files evaluate.py writes for the same checkpoint
+    method = config.model.name
+    caption = (f"{reports.METHOD_NAMES.get(method, method)}, latest checkpoint, step {num_steps} (train.py's "
+               f"final test); test-episode seed {report['seed']}; k-shot: {config.eval.get('kshot', 'model')}; "
+               f"protocol: {report['dataset']} {report['protocol']}.")
+    eval_lib.publish(report, [report], os.path.join(workdir, eval_lib.report_name(report, 'latest')),
+                     config=config, targets={report['dataset']: config}, splits={report['dataset']: test_split},
+                     model=model, host=parallel.unreplicate(parallel.eval_variables(rstate)), caption=caption)
+    say(f"report: {report['report_path']} (+ {os.path.basename(report['markdown_path'])}, "
+        f"{len(report['pictures'])} picture(s))")
+    if report.get('memory_picture'):
+      say(f"memory picture: {report['memory_picture']}")
   log = _Log(workdir, num_steps, num_steps)
   log.write({'step': num_steps, 'eval': {m: {k: r[k] for k in ('miou', 'fb_iou')}
                                          for m, r in report['results'].items()}})

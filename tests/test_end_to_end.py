@@ -41,6 +41,12 @@ def test_train_resume_evaluate(tfds_dir, tmp_path, capsys):
   assert report['step'] == 6 and report['report_path'] == name + '.1.json'
   assert os.path.exists(name + '.json') and os.path.exists(name + '.1.json')
   assert os.path.exists(name + '.1_memory.png')
+  # train.py's final test wrote the same kinds of files as evaluate.py: JSON, Markdown, bars, memory.
+  base = os.path.basename(name)
+  written = [f for f in os.listdir(workdir) if f.startswith(base)]
+  by_train = sorted(f[len(base):] for f in written if not f.startswith(base + '.1'))
+  by_eval = sorted(f[len(base) + 2:] for f in written if f.startswith(base + '.1'))
+  assert by_train == by_eval and '.md' in by_train and any(f.endswith('_classes.png') for f in by_train), written
 
   # A different model config must not touch the existing checkpoints.
   other = tiny_config(tfds_dir)

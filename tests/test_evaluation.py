@@ -199,3 +199,50 @@ def test_evaluate_cli_refuses_bad_input_before_any_work(tmp_path, case):
   assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith('error: ') and expected in lines[0], lines
   if case != 'read-only workdir':
     assert os.listdir(workdir) == [] and sorted(os.listdir(tmp_path)) == ['run']
+
+
+def test_episode_panels_keep_the_images_resolution_and_bars_show_every_mode(tmp_path):
+  from PIL import Image
+
+  from mmtjax import visualize
+  rng = np.random.default_rng(0)
+  query = rng.integers(0, 255, (300, 200, 3), dtype=np.uint8)
+  truth = np.zeros((300, 200), np.uint8)
+  truth[50:150, 40:120] = 1
+  support = (rng.integers(0, 255, (100, 150, 3), dtype=np.uint8), np.ones((100, 150), np.uint8))
+  panel = visualize.episode_panel([support], query, truth, truth.astype(bool), 'title')
+  # The query, its truth and the prediction at 300 px high, pixel for pixel; the support scaled to that height.
+  assert panel.height == 300 + 36 + 6 and panel.width == (450 + 6) + 3 * (200 + 6) + 6
+  tinted = visualize.overlay(query, truth, (40, 200, 60))
+  assert (tinted[50, 60] == (40, 200, 60)).all() and (tinted[100, 80] != (40, 200, 60)).any()  # outline solid
+  path = str(tmp_path / 'bars.png')
+  visualize.class_iou_png(path, ['horse', 'lesion'], {'memory_on': [50.0, 70.0], 'memory_off': [40.0, 60.0]},
+                          'title', means={'memory_on': 60.0, 'memory_off': 50.0})
+  bars = np.asarray(Image.open(path).convert('RGB'))
+  for colour in visualize._MODE_COLOURS[:2]:  # one bar colour per eval mode
+    assert (bars == colour).all(-1).sum() > 100
+
+
+def test_several_own_folders_in_one_sweep(tfds_dir, trained_workdir, tmp_path):
+  from PIL import Image
+  rng = np.random.default_rng(1)
+  for target, classes in (('horse', ('horse', 'pony')), ('ph2', ('lesion',))):
+    for c in classes:
+      for i in range(3):
+        folder = tmp_path / target / c
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f'{i}.png')
+        mask = np.zeros((20, 24), np.uint8)
+        mask[4:14, 5:18] = 255
+        Image.fromarray(mask).save(folder / f'{i}_mask.png')
+  config = tiny_config(tfds_dir)
+  config.eval.num_episodes = 4
+  report = eval_lib.sweep(config, trained_workdir, test_datasets=['horse=folder', 'ph2=folder'],
+                          manual_dirs={'horse': str(tmp_path / 'horse'), 'ph2': str(tmp_path / 'ph2')},
+                          output=str(tmp_path / 'two.json'))
+  assert {r['dataset'] for r in report['runs']} == {'horse', 'ph2'}
+  assert all(r['dataset_kind'] == 'folder' for r in report['runs'])
+  assert {r['class_names']['1'] for r in report['runs']} == {'horse', 'lesion'}
+  assert {r['dataset'] for r in report['summary']} == {'horse', 'ph2', 'mean'}
+  with pytest.raises(UserError, match="test dataset 'folder' is named twice; label each one"):
+    eval_lib.sweep(config, trained_workdir, test_datasets=['folder', 'folder'])
