@@ -8,6 +8,7 @@ import itertools
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -32,7 +33,6 @@ PROGRESS_EVERY_S = 20.0  # an evaluation running longer prints a progress line t
 def progress(message: str) -> None:
   """A progress line on stderr (process 0 only), so stdout keeps the tables."""
   if jax.process_index() == 0:
-    import sys
     print(message, file=sys.stderr, flush=True)
 
 

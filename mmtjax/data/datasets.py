@@ -286,6 +286,15 @@ def load_split(data: ml_collections.ConfigDict, split: str, *, training: bool) -
   return SplitData(source, index, classes, data.dataset, split, os.fspath(builder.data_dir), names)
 
 
+def _role(requested: str, training: bool) -> str:
+  """What a split of a user's own dataset is read for: 'train', 'val' or 'test'."""
+  return 'val' if requested == 'val' else 'train' if training or requested == 'train' else 'test'
+
+
+def _name_list(names: tuple[str, ...], classes) -> str:
+  return ', '.join(names[c - 1] if 0 < c <= len(names) else str(c) for c in classes)
+
+
 def _folder_split(data, builder, source, index, split: str, requested: str, training: bool,
                   names: tuple[str, ...]) -> SplitData:
   """A user's folder dataset as its own source: few-shot by construction.
@@ -295,10 +304,8 @@ def _folder_split(data, builder, source, index, split: str, requested: str, trai
   and every folder.VAL_EVERY-th image of a training class is validation-only.
   With split folders, a test split sharing classes with train is a warning.
   """
-  def name_list(cs):
-    return ', '.join(names[c - 1] if 0 < c <= len(names) else str(c) for c in cs)
-
-  role = 'val' if requested == 'val' else 'train' if training or requested == 'train' else 'test'
+  role = _role(requested, training)
+  name_list = functools.partial(_name_list, names)
   where = os.fspath(builder.data_dir)
   if split != folder.ALL:
     if data.fold >= 0:
@@ -365,11 +372,9 @@ def _semantic_split(data, builder, source, index, split: str, requested: str, tr
   and training uses only images without any pixel of one; validation is every
   folder.VAL_EVERY-th training image (also when there is no val split).
   """
-  role = 'val' if requested == 'val' else 'train' if training or requested == 'train' else 'test'
+  role = _role(requested, training)
+  name_list = functools.partial(_name_list, names)
   where = os.fspath(builder.data_dir)
-
-  def name_list(cs):
-    return ', '.join(names[c - 1] if 0 < c <= len(names) else str(c) for c in cs)
 
   # Validation reads held-out training images when there is no val split of its own.
   holdout = split == folder.ALL or (split == 'train' and 'val' not in builder.info.splits)

@@ -39,11 +39,14 @@ SPLIT_FOLDERS = ('train', 'val', 'test')
 ALL = 'images'  # The one split of a root without split folders ('all' is reserved by tfds).
 
 
-def config_name(root: str) -> str:
-  """The tfds config name of a root: its folder name and a hash of its absolute path."""
+def config_name(root: str, extra: bytes = b'') -> str:
+  """The tfds config name of a root: its folder name and a hash of its absolute path (and of
+  `extra`, what else makes it another dataset: the semantic builder's options and class list)."""
   root = os.path.abspath(os.path.expanduser(root))
   slug = re.sub(r'[^a-z0-9]+', '_', os.path.basename(root).lower()).strip('_') or 'root'
-  return f'{slug[:40]}_{hashlib.sha1(root.encode()).hexdigest()[:8]}'
+  h = hashlib.sha1(root.encode())
+  h.update(extra)
+  return f'{slug[:40]}_{h.hexdigest()[:8]}'
 
 
 def fold_classes(num_classes: int, fold: int, dataset: str = 'folder') -> tuple[int, ...]:

@@ -39,10 +39,8 @@ editing the files in place needs deleting <data_dir>/semantic/<that config>.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
-import re
 
 import numpy as np
 
@@ -79,13 +77,12 @@ def options(given) -> dict:
 def config_name(root: str, opts: dict) -> str:
   """The tfds config name: the folder's name and a hash of its path, options and class list."""
   root = os.path.abspath(os.path.expanduser(root))
-  slug = re.sub(r'[^a-z0-9]+', '_', os.path.basename(root).lower()).strip('_') or 'root'
-  h = hashlib.sha1(json.dumps([root, opts], sort_keys=True).encode())
+  extra = json.dumps(opts, sort_keys=True).encode()
   path = _class_file(root, opts['classes'])
   if path:
     with open(path, 'rb') as f:
-      h.update(f.read())
-  return f'{slug[:40]}_{h.hexdigest()[:8]}'
+      extra += f.read()
+  return folder.config_name(root, extra)
 
 
 def _class_file(root: str, classes) -> str | None:
