@@ -27,9 +27,8 @@ panels per dataset, shot and eval mode.
 from absl import app, flags
 from ml_collections import config_flags
 
-from mmtjax import cli, distributed, reports
+from mmtjax import cli, reports
 from mmtjax.errors import UserError
-from mmtjax.eval_lib import format_report, sweep
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file[:args].', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, "Training directory holding checkpoints/ ('{seed}' in it: one "
@@ -72,6 +71,7 @@ def _manual_dirs(values) -> dict[str, str]:
 
 
 def _run():
+  from mmtjax.eval_lib import sweep  # Here, not at the top: --help and flag errors answer without JAX.
   if _SUITE.value and _DATASETS.value:
     raise UserError('give --suite or --datasets, not both')
   names = list(reports.SUITES[_SUITE.value]) if _SUITE.value else _DATASETS.value
@@ -86,6 +86,9 @@ def _run():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from mmtjax import distributed
+  from mmtjax.eval_lib import format_report
+  cli.compile_cache()
   cli.run(distributed.maybe_initialize, _WORKDIR.value)
   report = cli.run(_run, _WORKDIR.value)
   if report.get('kind') == 'sweep':

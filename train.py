@@ -13,7 +13,7 @@ with srun / mpirun) and run the same command on every host.
 from absl import app, flags
 from ml_collections import config_flags
 
-from mmtjax import cli, distributed, train_lib
+from mmtjax import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file[:args].', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
@@ -26,6 +26,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from mmtjax import distributed, train_lib  # Here: --help and flag errors answer without JAX.
+  cli.compile_cache()
   train_lib.raise_on_sigterm()  # SIGTERM outside the training loop: one line, exit 0.
   cli.run(distributed.maybe_initialize, _WORKDIR.value)
   cli.run(lambda: train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value,

@@ -108,6 +108,8 @@ def _shared(config: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict
       max_to_keep=2,
       eval_every=1000,            # validation mIoU -> checkpoints_best/ (0: off)
       log_panels=3,               # prediction panels per validation and test, in TensorBoard (0: none)
+      smoke_steps=20,             # num_steps <= this is a smoke run: validation and the final test use
+      smoke_episodes=16,          # at most smoke_episodes episodes each (smoke_steps=0: always the full count)
   )
   # Test episodes use `seed`; validation episodes use seed + 1.
   # kshot: 'model' (the method's own k-shot path) or 'vote' (HSNet's vote of k 1-shot predictions).

@@ -32,8 +32,7 @@ import optax
 from ml_collections import config_dict
 
 from mmtjax import losses, ops
-from mmtjax.config_lib import finite_number
-from mmtjax.errors import UserError
+from mmtjax.errors import UserError, finite_number
 
 LOSSES = ('auto', 'leave_one_out', 'augment')
 OPTIMIZERS = ('sgd', 'adam')

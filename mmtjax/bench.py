@@ -265,6 +265,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   command = 'python -m mmtjax.bench ' + ' '.join(sys.argv[1:])
+  # No persistent compile cache here: the compile time is one of the numbers measured.
   if _STEPS.value < 1 or _WARMUP.value < 0 or _EVAL_EPISODES.value < 0 or _PIPELINE_STEPS.value < 1:
     cli.fail('--steps and --pipeline_steps must be >= 1, --warmup and --eval_episodes >= 0')
   result = cli.run(lambda: run(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value,

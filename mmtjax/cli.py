@@ -7,6 +7,9 @@
   the full traceback (in the workdir when there is one); exit status 1.
 - `--verbosity=1` (or MMTJAX_TRACEBACK=1) prints tracebacks instead, for bug
   reports, and shows the libraries' INFO logs.
+
+The command lines keep JAX's compiled programs in a persistent cache
+(`compile_cache`), so a repeated command skips most of its compiling.
 """
 
 from __future__ import annotations
@@ -102,6 +105,33 @@ def quiet_libraries() -> None:
   for name in ('absl', 'orbax', 'tensorflow_datasets', 'jax._src.distributed', 'etils'):
     logging.getLogger(name).setLevel(logging.ERROR)
   absl_logging.set_verbosity(absl_logging.ERROR)
+
+
+COMPILE_CACHE_ENV = 'MMTJAX_COMPILE_CACHE'
+
+
+def compile_cache() -> str | None:
+  """Turns on JAX's persistent compilation cache for this process; returns its folder (None: off).
+
+  The folder is $MMTJAX_COMPILE_CACHE, else $XDG_CACHE_HOME/mmtjax/jax (by
+  default ~/.cache/mmtjax/jax), created private to the user (mode 0700): it
+  holds the programs XLA compiled on this machine, keyed by the program, its
+  shapes, the JAX version and the device. MMTJAX_COMPILE_CACHE=off turns it
+  off. Only compiles that took 1 s or more are kept (JAX's default rule).
+  """
+  where = os.environ.get(COMPILE_CACHE_ENV, '')
+  if where.lower() in ('off', '0', 'none', 'false'):
+    return None
+  if not where:
+    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    where = os.path.join(base, 'mmtjax', 'jax')
+  try:
+    os.makedirs(where, mode=0o700, exist_ok=True)
+  except OSError:
+    return None  # A read-only home: run without the cache rather than fail.
+  import jax
+  jax.config.update('jax_compilation_cache_dir', where)
+  return where
 
 
 def _os_message(e: OSError) -> str:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import os
 
 import ml_collections
 
-from mmtjax.errors import UserError
+from mmtjax.errors import UserError, finite_number
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -25,11 +24,6 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     except ValueError:
       raise UserError(f'config arg {key}={value!r} is not a valid {kind.__name__}') from None
   return ml_collections.ConfigDict(out)
-
-
-def finite_number(x) -> bool:
-  """A real number (not bool), finite."""
-  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -56,6 +50,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       (t.checkpoint_every >= 1, 'train.checkpoint_every must be >= 1'),
       (t.max_to_keep >= 1, 'train.max_to_keep must be >= 1'),
       (t.eval_every >= 0, 'train.eval_every must be >= 0 (0: no validation)'),
+      (t.get('smoke_steps', 0) >= 0, 'train.smoke_steps must be >= 0 (0: no smoke runs)'),
+      (t.get('smoke_episodes', 1) >= 1, 'train.smoke_episodes must be >= 1'),
       (t.optimizer in ('sgd', 'adamw'), "train.optimizer must be 'sgd' or 'adamw'"),
       (e.num_episodes >= 1, 'eval.num_episodes must be >= 1'),
       (e.batch_size >= 1, 'eval.batch_size must be >= 1'),

@@ -7,6 +7,14 @@ a bug in mmtjax: the command line says so and keeps its traceback (cli.py).
 """
 
 
+import math
+
+
+def finite_number(x) -> bool:
+  """A real number (not bool), finite: the test every numeric config check starts with."""
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 class UserError(ValueError):
   """A problem with the user's input or files, with what to do about it, in one line."""
 

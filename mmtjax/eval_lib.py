@@ -8,7 +8,6 @@ import itertools
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -19,7 +18,18 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mmtjax import adapt, checkpointing, config_lib, methods, metrics, ops, parallel, reports, visualize
+from mmtjax import (
+  adapt,
+  checkpointing,
+  config_lib,
+  methods,
+  metrics,
+  ops,
+  parallel,
+  progress,
+  reports,
+  visualize,
+)
 from mmtjax.data import datasets, pipeline, protocols, transforms
 from mmtjax.data import episodes as episode_lists
 from mmtjax.errors import UserError
@@ -27,20 +37,6 @@ from mmtjax.models import get_model
 from mmtjax.state import create_train_state
 
 PANEL_MAX_SIDE = 480  # episode panels show images at their own resolution, the longer side capped here
-PROGRESS_EVERY_S = 20.0  # an evaluation running longer prints a progress line this often
-
-
-def progress(message: str) -> None:
-  """A progress line on stderr (process 0 only), so stdout keeps the tables."""
-  if jax.process_index() == 0:
-    print(message, file=sys.stderr, flush=True)
-
-
-def duration(seconds: float) -> str:
-  seconds = int(round(seconds))
-  return f'{seconds // 3600}h{seconds // 60 % 60:02d}m' if seconds >= 3600 else f'{seconds // 60}m{seconds % 60:02d}s'
-
-
 def eval_rows(method, config: ml_collections.ConfigDict) -> dict[str, tuple[dict, Any]]:
   """Report row -> (the module's test-time keyword arguments, adapt.Adaptation or None): the
   method's eval modes, and with config.eval.adapt on, an adapted twin of each ('<mode>+adapt')."""
@@ -110,7 +106,8 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
     return b, parallel.shard(b, devices)
 
   start = time.perf_counter()
-  first_batch_s = waited = last_said = 0.0
+  first_batch_s = waited = 0.0
+  meter = progress.Meter(f'  eval {split.dataset}/{split.name} {config.data.shot}-shot', len(episodes), 'episodes')
   per_batch = n_dev * per_device * jax.process_count()
   ready = iter(pipeline.prefetch(batches, put))
   for n_batch in itertools.count():
@@ -131,15 +128,9 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
         h = parallel.local_array(h).reshape(valid.size, -1)[valid].sum(axis=0)
         hist_totals[name][key] = hist_totals[name].get(key, 0) + h
       meters[name].add(host['class_id'], out, host['valid'])
-    now = time.perf_counter()
     if not n_batch:
-      first_batch_s = last_said = now - start
-    elif now - start - last_said >= PROGRESS_EVERY_S:  # the ETA leaves out the first (compiling) batch
-      last_said = now - start
-      done = min(len(episodes), (n_batch + 1) * per_batch)
-      rate = (done - per_batch) / max(now - start - first_batch_s, 1e-9)
-      progress(f'  eval {split.dataset}/{split.name} {config.data.shot}-shot: {done}/{len(episodes)} episodes, '
-               f'{rate:.1f} episodes/s, ETA {duration((len(episodes) - done) / max(rate, 1e-9))}')
+      first_batch_s = time.perf_counter() - start
+    meter.update(min(len(episodes), (n_batch + 1) * per_batch))  # its ETA leaves out the first (compiling) batch
   total = time.perf_counter() - start
   for m in meters.values():
     m.merge_processes(sorted({e.class_id for e in episodes}))  # the anchors' lists may hold other classes
@@ -579,9 +570,9 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, *, test_datasets: lis
         if total_runs > 1:
           steady = [r['seconds'] - r['first_batch_s'] for r in runs]
           first = next(iter(run['results']))
-          progress(f"[{len(runs)}/{total_runs}] {name} {shot}-shot seed {seed}: {first} mIoU "
-                   f"{run['results'][first]['miou']:.2f} ({duration(run['seconds'])}); ETA "
-                   f"{duration(np.mean(steady) * (total_runs - len(runs)))} (compiling excluded)")
+          progress.line(f"[{len(runs)}/{total_runs}] {name} {shot}-shot seed {seed}: {first} mIoU "
+                        f"{run['results'][first]['miou']:.2f} ({progress.duration(run['seconds'])}); ETA "
+                        f"{progress.duration(np.mean(steady) * (total_runs - len(runs)))} (compiling excluded)")
   if not runs:
     raise UserError('nothing was evaluated: ' + '; '.join(f"{x['dataset']}: {x['reason']}" for x in skipped))
   single = len(runs) == 1 and not skipped

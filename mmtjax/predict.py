@@ -5,7 +5,7 @@ r"""Segmenting a user's own images with a trained model.
   out = predictor.segment(query, [support], [support_mask])   # uint8 RGB arrays of any size
   out.mask, out.probability                                   # at the query's own size
 
-  python -m mmtjax.predict --workdir W --support a.jpg:a.png [--support b.jpg:b.png] \
+  python -m mmtjax.commands.predict --workdir W --support a.jpg:a.png [--support b.jpg:b.png] \
       --query q.jpg --out q_mask.png [--query r.jpg --out r_mask.png]
 
 The model and its config come from the checkpoint. Images are resized and
@@ -19,11 +19,9 @@ masks) or >= 128 (0/255 masks).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import os
-import sys
 from collections.abc import Sequence
 
 import jax
@@ -194,55 +192,3 @@ def _with_adapt_steps(config: ml_collections.ConfigDict, steps: int) -> ml_colle
       config.eval.adapt = adapt.config_section()
     config.eval.adapt.steps = steps
   return config
-
-
-def _read(path: str, what: str) -> np.ndarray:
-  if not os.path.isfile(path):
-    raise UserError(f'{what} {path} does not exist')
-  with open(path, 'rb') as f:
-    image = transforms.decode_image(f.read(), f'{what} {path} (not an image?)')
-  return image
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog='python -m mmtjax.predict',
-                                   description='Segments query images given support images and masks.')
-  parser.add_argument('--workdir', required=True)
-  parser.add_argument('--support', action='append', required=True, help='IMAGE:MASK (repeat for K shots)')
-  parser.add_argument('--query', action='append', required=True)
-  parser.add_argument('--out', action='append', required=True, help='mask PNG per --query (never overwritten)')
-  parser.add_argument('--best', action='store_true', help='the best-by-validation checkpoint')
-  parser.add_argument('--step', type=int, default=None)
-  parser.add_argument('--adapt_steps', type=int, default=None,
-                      help="test-time adaptation steps on the supports first (default: the checkpoint config's "
-                           'eval.adapt.steps; 0: off)')
-  args = parser.parse_args(argv)
-  from mmtjax import cli
-  cli.quiet_libraries()
-  cli.run(lambda: _predict_files(args), None)
-
-
-def _predict_files(args) -> None:
-  if len(args.out) != len(args.query):
-    raise UserError(f'give one --out per --query ({len(args.query)} queries, {len(args.out)} outputs)')
-  for out in args.out:
-    if os.path.exists(out):
-      raise UserError(f'--out {out} exists; choose another path (outputs are never overwritten)')
-  supports, masks = [], []
-  for spec in args.support:
-    image, sep, mask = spec.rpartition(':')
-    if not sep or not image:
-      raise UserError(f'--support {spec!r}: expected IMAGE:MASK')
-    supports.append(_read(image, 'support image'))
-    masks.append(_read(mask, 'support mask'))
-  queries = [_read(q, 'query image') for q in args.query]
-  predictor = Predictor.from_workdir(args.workdir, best=args.best, step=args.step, adapt_steps=args.adapt_steps)
-  for out, pred in zip(args.out, predictor.segment_many(queries, supports, masks)):
-    tmp = f'{out}.tmp{os.getpid()}.png'
-    Image.fromarray(pred.mask * 255).save(tmp)
-    os.replace(tmp, out)
-    print(f'{out}: {int(pred.mask.sum())} foreground pixels of {pred.mask.size}')
-
-
-if __name__ == '__main__':
-  main(sys.argv[1:])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -18,7 +19,16 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mmtjax import checkpointing, config_lib, eval_lib, methods, parallel, reports, tensorboard_events
+from mmtjax import (
+  checkpointing,
+  config_lib,
+  eval_lib,
+  methods,
+  parallel,
+  progress,
+  reports,
+  tensorboard_events,
+)
 from mmtjax.data import datasets, pipeline, protocols
 from mmtjax.data.episodes import EpisodeSampler
 from mmtjax.errors import DivergedError, Terminated, UserError, warn
@@ -99,7 +109,7 @@ class _Log:
                 f'{stats.get("memory_items_source", 0):.0f}/{stats.get("memory_items_nearest", 0):.0f}')
     say(f'[{"#" * filled}{"." * (bar_len - filled)}] step {step}/{self.total} | '
         f'loss {stats["loss"]:.4f} ({terms}) | lr {stats["lr"]:.2e}{memory} | '
-        f'{rate:.1f} episodes/s | ETA {eval_lib.duration(eta)}')
+        f'{rate:.1f} episodes/s | ETA {progress.duration(eta)}')
     self.write({'step': step, 'time': now, 'episodes_per_s': rate, **stats})
     self.scalars(step, {f'train/{k}': v for k, v in {'episodes_per_s': rate, **stats}.items() if k != 'finite'})
 
@@ -173,9 +183,25 @@ def between_logs():
   return jax.transfer_guard_device_to_host('disallow_explicit')
 
 
+def smoke_episodes(config) -> int | None:
+  """The episode cap of a smoke run, else None.
+
+  A run of train.num_steps <= train.smoke_steps checks the path, not the
+  model: its validation and final test use at most train.smoke_episodes
+  episodes each (the first ones of the same lists), so a one-step run does
+  not spend minutes evaluating an untrained model.
+  """
+  t = config.train
+  return t.get('smoke_episodes', 16) if 0 < t.num_steps <= t.get('smoke_steps', 0) else None
+
+
+def _capped(n: int | None, cap: int | None) -> int | None:
+  return n if cap is None else cap if n is None else min(n, cap)
+
+
 def _val_protocol(config) -> protocols.Protocol:
-  return protocols.Protocol('validation', config.eval.val_episodes, config.eval.seed + 1,
-                            config.data.image_size, 'square')
+  return protocols.Protocol('validation', _capped(config.eval.val_episodes, smoke_episodes(config)),
+                            config.eval.seed + 1, config.data.image_size, 'square')
 
 
 def _validate(model, rstate, config, val_split, devices, step_cache: dict) -> float:
@@ -308,6 +334,10 @@ def _train(config, workdir, *, devices, stop_after_steps) -> TrainResult:
       f'{config.data.shot}-shot | train {config.data.train_split} ({len(train_split.classes)} classes)')
   if train_split.classes_note:
     say(f'classes: {train_split.classes_note}')
+  cap = smoke_episodes(config)
+  if cap is not None:
+    say(f'smoke run (train.num_steps={t.num_steps} <= train.smoke_steps={t.smoke_steps}): validation and the '
+        f'final test use at most {cap} episodes each (train.smoke_steps=0: the full counts)')
   if 0 < t.num_steps <= t.warmup_steps:
     warn(f'train.num_steps={t.num_steps} is not longer than the warm-up (train.warmup_steps={t.warmup_steps}): '
          f'the warm-up is clipped to {warmup_steps(t)} steps')
@@ -365,7 +395,7 @@ def _train(config, workdir, *, devices, stop_after_steps) -> TrainResult:
         log.write({'step': done, 'val': {'split': config.data.val_split, 'miou': miou}})
         log.scalars(done, {'val/miou': miou})
         _log_panels(log, done, 'val', model, rstate, config, val_split, _val_protocol(config), val_steps)
-        say(f'validation {config.data.val_split} ({config.eval.val_episodes} episodes): mIoU {miou:.2f}')
+        say(f'validation {config.data.val_split} ({_val_protocol(config).num_episodes} episodes): mIoU {miou:.2f}')
         best_ckpts.save(done, parallel.unreplicate(rstate), config, metrics={'miou': miou})
       if preempted:
         say(f'received SIGTERM: saved step {done} to {ckpts.directory}; stopping')
@@ -403,8 +433,10 @@ def _final_evaluation(model, rstate, config, workdir: str, num_steps: int, devic
   test_split = datasets.load_split(test_data, config.data.test_split, training=False)
   say(f'testing on {test_data.dataset}/{config.data.test_split} ({len(test_split.classes)} classes: '
       f'{", ".join(test_split.class_name(c) for c in test_split.classes)})')
+  protocol = protocols.test_protocol(test_data, config.eval)
+  protocol = dataclasses.replace(protocol, num_episodes=_capped(protocol.num_episodes, smoke_episodes(config)))
   report = eval_lib.evaluate_variables(model, parallel.eval_variables(rstate), config, test_split,
-                                       devices=devices)
+                                       protocol=protocol, devices=devices)
   report.update(step=num_steps, checkpoint=checkpointing.SUBDIR, episode_seed=report['seed'])
   say(eval_lib.format_report(report))
   if jax.process_index() == 0:  # the files evaluate.py writes for the same checkpoint

@@ -27,8 +27,10 @@ def pytest_configure(config):
     config.option.basetemp = os.path.join(_SESSION_DIR, 'pytest')
   # Many tests compile the same tiny train/eval steps: a persistent compilation
   # cache (per test session) turns the repeats into cache hits.
-  jax.config.update('jax_compilation_cache_dir',
-                    os.environ.get('MMTJAX_TEST_JAX_CACHE', os.path.join(_SESSION_DIR, 'jax-cache')))
+  cache = os.environ.get('MMTJAX_TEST_JAX_CACHE', os.path.join(_SESSION_DIR, 'jax-cache'))
+  jax.config.update('jax_compilation_cache_dir', cache)
+  # The command lines' own cache (cli.compile_cache), in-process and in test subprocesses: never ~/.cache.
+  os.environ['MMTJAX_COMPILE_CACHE'] = cache
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from mmtjax.commands import episodes as episodes_cmd
 from mmtjax.data import anchors, datasets, episodes, protocols
 from mmtjax.data.builders import fss1000
 from mmtjax.errors import UserError
@@ -40,7 +41,7 @@ def _replay_round_robin(class_lists, n, shot):
 
 def _exported(tmp_path, shot, *args):
   out = tmp_path / f'list_{shot}_{len(os.listdir(tmp_path))}.jsonl'
-  episodes.main(['--protocol', 'hsnet', '--shot', str(shot), '--out', str(out), *args])
+  episodes_cmd.main(['--protocol', 'hsnet', '--shot', str(shot), '--out', str(out), *args])
   with open(out) as f:
     lines = [json.loads(line) for line in f]
   with open(out, 'rb') as f:  # The printed and reported hash is the file's.
@@ -175,7 +176,7 @@ def test_list_files_bad_input_and_the_report_hash(tmp_path):
   out = tmp_path / 'exists.jsonl'
   out.write_text('keep me')
   with pytest.raises(SystemExit):
-    episodes.main(['--dataset', 'isic2018', '--data_dir', str(tmp_path / 'tfds'), '--out', str(out)])
+    episodes_cmd.main(['--dataset', 'isic2018', '--data_dir', str(tmp_path / 'tfds'), '--out', str(out)])
   assert out.read_text() == 'keep me'
 
 

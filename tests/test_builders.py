@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mmtjax.commands import episodes as episodes_cmd
 from mmtjax.data import datasets, episodes, transforms
 from mmtjax.data.builders import construction, fss1000, pascal5i, raw
 from mmtjax.errors import UserError
@@ -482,6 +483,19 @@ def test_folder_builder_and_its_bad_input(tmp_path, capsys):
     datasets.load_split(_data('folder', tmp_path, tmp_path / 'mine' / 'cat'), 'test', training=False)
 
 
+def test_a_long_build_says_how_far_it_is(tmp_path, capsys, monkeypatch):
+  from mmtjax import progress
+  monkeypatch.setattr(progress, 'EVERY_S', 0.0)  # every file counts as "long" here
+  root = tmp_path / 'mine'
+  _folder_tree(root, n=2)
+  datasets.load_split(_data('folder', tmp_path, root), 'train', training=True)
+  lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith('building folder/')]
+  # Silent for the first file (the rate starts after it), then one line per file but the last.
+  assert [ln.split(':')[1].split(',')[0].strip() for ln in lines] == ['2/6 files', '3/6 files', '4/6 files',
+                                                                      '5/6 files'], lines
+  assert all(' files/s, ETA ' in ln for ln in lines)
+
+
 def test_a_folder_without_split_folders_is_few_shot_by_folds(tmp_path):
   """No test class in any training or validation episode; validation images never train."""
   from mmtjax.data.builders import folder
@@ -615,7 +629,7 @@ def test_the_episodes_command_lists_the_evaluations_episodes_without_flags(tmp_p
   split = datasets.load_split(test, config.data.test_split, training=False)
   lines = episodes.episode_lines(episodes.protocol_episodes(
       split, test, protocols.test_protocol(test, config.eval), config.data.shot), split)
-  episodes.main(['--dataset', 'folder', '--manual_dir', str(tmp_path / 'mine'), '--data_dir',
+  episodes_cmd.main(['--dataset', 'folder', '--manual_dir', str(tmp_path / 'mine'), '--data_dir',
                  str(tmp_path / 'tfds'), '--out', str(tmp_path / 'list.jsonl')])
   assert f'(sha256 {episodes.list_sha256(lines)})' in capsys.readouterr().out
   assert len(lines) == 300 and {ln['class_name'] for ln in lines} == {'ant'}  # fold 0's test class

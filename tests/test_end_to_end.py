@@ -22,13 +22,17 @@ def _steps(workdir):
 def test_train_resume_evaluate(tfds_dir, tmp_path, capsys):
   workdir = str(tmp_path / 'run')
   config = tiny_config(tfds_dir)
-  train_lib.train_and_evaluate(config, workdir)
+  config.train.smoke_episodes = 8  # 4 steps <= smoke_steps: the final test stops at 8 of its 12 episodes
+  first = train_lib.train_and_evaluate(config, workdir)
   assert checkpointing.Checkpoints(workdir).latest_step() == 4
+  assert first['num_episodes'] == 8 and 'smoke run (train.num_steps=4' in capsys.readouterr().out
 
   config.train.num_steps = 6
+  config.train.smoke_steps = 0  # the full 12 episodes, as evaluate.py runs them
   report = train_lib.train_and_evaluate(config, workdir)
   out = capsys.readouterr().out
-  assert 'resuming from step 4' in out
+  assert 'resuming from step 4' in out and 'smoke run' not in out
+  assert report['num_episodes'] == 12
   assert _steps(workdir) == [2, 4, 6]  # the second run started at 4, not 0
   assert checkpointing.Checkpoints(workdir).latest_step() == 6
   assert set(report['results']) == {'memory_on', 'memory_off'}

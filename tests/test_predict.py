@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mmtjax.commands.predict import main
 from mmtjax.data import pipeline, transforms
 from mmtjax.data.episodes import Episode
 from mmtjax.errors import UserError
-from mmtjax.predict import Predictor, main
+from mmtjax.predict import Predictor
 
 RNG = np.random.default_rng(3)
 

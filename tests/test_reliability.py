@@ -252,3 +252,56 @@ def test_sigterm_during_the_final_evaluation_exits_0_in_one_line(tfds_dir, tmp_p
   assert out.strip().splitlines() == [out.strip().splitlines()[-1]]
   assert 'received SIGTERM during the final evaluation' in out and 'Traceback' not in out
   assert checkpointing.Checkpoints(workdir, create=False).latest_step() == 2
+
+
+# --- start-up: the command lines answer --help without JAX, and keep a compile cache ----------
+
+_NO_JAX = '''
+import runpy, sys
+sys.argv = [sys.argv[1], '--help']
+try:
+  runpy.run_path(sys.argv[0], run_name='__main__') if sys.argv[0].endswith('.py') else \\
+      runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)
+except SystemExit:
+  pass
+print('jax loaded' if 'jax' in sys.modules else 'no jax')
+'''
+
+
+@pytest.mark.parametrize('command', ['train.py', 'evaluate.py', 'mmtjax.commands.predict',
+                                     'mmtjax.commands.episodes'])
+def test_help_answers_without_importing_jax(command):
+  out = _cli('-c', _NO_JAX, command, timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert 'usage' in out.stdout.lower() or 'flags' in out.stdout.lower(), out.stdout
+  assert out.stdout.strip().splitlines()[-1] == 'no jax', out.stdout[-500:]
+
+
+def test_compile_cache_folder_is_private_and_can_be_turned_off(tmp_path, monkeypatch):
+  monkeypatch.delenv(cli.COMPILE_CACHE_ENV)
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
+  before = jax.config.jax_compilation_cache_dir
+  try:
+    where = cli.compile_cache()
+    assert where == str(tmp_path / 'xdg' / 'mmtjax' / 'jax')
+    assert os.stat(where).st_mode & 0o777 == 0o700
+    assert jax.config.jax_compilation_cache_dir == where
+    monkeypatch.setenv(cli.COMPILE_CACHE_ENV, str(tmp_path / 'mine'))
+    assert cli.compile_cache() == str(tmp_path / 'mine')
+    monkeypatch.setenv(cli.COMPILE_CACHE_ENV, 'off')
+    assert cli.compile_cache() is None
+  finally:
+    jax.config.update('jax_compilation_cache_dir', before)
+
+
+def test_progress_meter_rate_leaves_out_the_first_unit():
+  from mmtjax import progress
+  said, now = [], [0.0]
+  meter = progress.Meter('eval x', 100, 'episodes', every_s=20.0, clock=lambda: now[0], say=said.append)
+  for t, done in ((30.0, 10), (35.0, 20), (41.0, 30), (52.0, 40), (62.0, 100)):
+    now[0] = t
+    meter.update(done)
+  # The first unit (30 s: compiling) is left out of the rate: 10 episodes in the 5 s after it; then
+  # nothing for 20 s, and nothing once all is done.
+  assert said == ['eval x: 20/100 episodes, 2.0 episodes/s, ETA 0m40s']
+  assert progress.duration(3725) == '1h02m' and progress.duration(61) == '1m01s'

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mmtjax.commands import episodes as episodes_cmd
 from mmtjax.data import datasets, episodes, transforms
 from mmtjax.data.builders import semantic
 from mmtjax.errors import UserError
@@ -281,7 +282,7 @@ def test_episode_export_as_target_and_on_itself(tmp_path):
   classes = {}
   for name, extra in (('target', ['--target']), ('itself', [])):
     out = tmp_path / f'{name}.jsonl'
-    episodes.main([*common, *extra, '--out', str(out)])
+    episodes_cmd.main([*common, *extra, '--out', str(out)])
     classes[name] = {json.loads(line)['class_name'] for line in out.read_text().splitlines()}
   assert classes['itself'] == {'Sky', 'Building', 'Pole'}  # fold 0's test classes
   assert len(classes['target']) > 3 and classes['itself'] < set(CAMVID)

@@ -304,3 +304,13 @@ def test_a_run_not_longer_than_the_warm_up_clips_it():
   t.num_steps = 30  # warm-up of 3 steps, then the poly decay over the other 27
   s = learning_rate_schedule(config)
   assert float(s(0)) == 0.0 and float(s(3)) == pytest.approx(t.lr) and float(s(30)) == pytest.approx(0.0)
+
+
+def test_a_smoke_run_caps_validation_episodes_and_a_real_run_does_not():
+  config = tiny_config('unused')
+  config.train.smoke_episodes = 3
+  assert train_lib.smoke_episodes(config) == 3 and train_lib._val_protocol(config).num_episodes == 3
+  config.train.num_steps = config.train.smoke_steps + 1
+  assert train_lib.smoke_episodes(config) is None and train_lib._val_protocol(config).num_episodes == 8
+  config.train.num_steps, config.train.smoke_steps = 1, 0
+  assert train_lib.smoke_episodes(config) is None

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
-from mmtjax import config_lib, losses
+from mmtjax import losses
+from mmtjax.errors import finite_number
 from mmtjax.methods.base import Method
 from mmtjax.models import backbones, style_memory
 from mmtjax.models.mmt import MMT
@@ -77,15 +78,15 @@ class MMTMethod(Method):
       mem = config.memory
       checks += [
           (isinstance(mem.num_items, int) and mem.num_items >= 1, 'memory.num_items must be an integer >= 1'),
-          (config_lib.finite_number(mem.momentum) and 0.0 <= mem.momentum < 1.0, 'memory.momentum must be in [0, 1)'),
-          (config_lib.finite_number(mem.alpha) and 0.0 <= mem.alpha <= 1.0, 'memory.alpha must be in [0, 1]'),
-          (config_lib.finite_number(mem.tau) and mem.tau > 0, 'memory.tau must be > 0'),
-          (config_lib.finite_number(mem.eps) and mem.eps > 0, 'memory.eps must be > 0'),
+          (finite_number(mem.momentum) and 0.0 <= mem.momentum < 1.0, 'memory.momentum must be in [0, 1)'),
+          (finite_number(mem.alpha) and 0.0 <= mem.alpha <= 1.0, 'memory.alpha must be in [0, 1]'),
+          (finite_number(mem.tau) and mem.tau > 0, 'memory.tau must be > 0'),
+          (finite_number(mem.eps) and mem.eps > 0, 'memory.eps must be > 0'),
           (mem.get('similarity', 'centered_cosine') in style_memory.SIMILARITIES,
            f'memory.similarity must be one of {style_memory.SIMILARITIES}'),
           (mem.get('assignment', 'batch') in style_memory.ASSIGNMENTS,
            f'memory.assignment must be one of {style_memory.ASSIGNMENTS}'),
-          (config_lib.finite_number(mem.get('reseed_threshold', 0.0)) and 0 <= mem.get('reseed_threshold', 0.0) < 1,
+          (finite_number(mem.get('reseed_threshold', 0.0)) and 0 <= mem.get('reseed_threshold', 0.0) < 1,
            'memory.reseed_threshold must be in [0, 1) (0: off)'),
       ]
     return checks

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from mmtjax import progress
 from mmtjax.data import transforms
 from mmtjax.errors import UserError, warn
 from mmtjax.labels import IGNORE_LABEL
@@ -341,8 +342,10 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
       except (OSError, ValueError) as e:
         return item, None, e
 
+    meter = progress.Meter(f'building {self.name}/{split}', len(items), 'files')  # silent for short builds
     with concurrent.futures.ThreadPoolExecutor(self.NUM_WORKERS) as pool:
-      for item, examples, error in pool.map(load, items):
+      for done, (item, examples, error) in enumerate(pool.map(load, items), 1):
+        meter.update(done)
         if error is not None:
           logging.warning('%s: skipping %s: %s', self.name, item.name, error)
           report['skipped_corrupt'].append(f'{item.name}: {error}')
