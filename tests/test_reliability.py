@@ -236,7 +236,8 @@ def _tiny_flags(tfds_dir):
 def test_sigterm_during_the_final_evaluation_exits_0_in_one_line(tfds_dir, tmp_path):
   workdir = str(tmp_path / 'run')
   cmd = [sys.executable, 'train.py', '--config', 'configs/default.py', '--workdir', workdir,
-         *_tiny_flags(tfds_dir), '--config.train.num_steps=2', '--config.eval.num_episodes=100000']
+         *_tiny_flags(tfds_dir), '--config.train.num_steps=2', '--config.eval.num_episodes=100000',
+         '--config.train.smoke_steps=0']  # A smoke run would cap the test at 16 episodes: done in 3 s.
   proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   lines = []
