@@ -42,6 +42,9 @@ def _model_signature(config: dict) -> dict:
   model = out.get('model', {})
   if 'freeze_backbone' in model and model['freeze_backbone'] is None:  # unset: what it resolves to
     model['freeze_backbone'] = backbones.is_vit(model.get('backbone', ''))
+  for field, default in backbones.READOUT_DEFAULTS.items():  # as runs saved before these fields
+    if model.get(field, default) == default:
+      model.pop(field, None)
   return out
 
 

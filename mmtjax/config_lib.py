@@ -68,13 +68,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
       (d.get('protocol') in (None, *protocols.PROTOCOLS),
        f'data.protocol must be one of {protocols.PROTOCOLS} (or unset: the test dataset\'s own)'),
   ]
+  pretrained = config.model.get('pretrained')
+  checks.append((not pretrained or os.path.exists(os.path.expanduser(pretrained)),
+                 f'model.pretrained {pretrained} does not exist; give the path of a weights file (DINOv2: '
+                 f'github.com/facebookresearch/dinov2, "Pretrained models"; README: Backbones) or of a run'))
   checks += methods.for_config(config).validate(config)
   from mmtjax.data.builders import semantic
   semantic.options(d.get('semantic'))  # data.semantic: one line naming an unknown or bad field
   semantic.options({k: v for k, v in dict(d.get('test_semantic') or {}).items() if v is not None})
   from mmtjax import adapt
   adapt.from_config(config, methods.for_config(config))  # eval.adapt: one line naming the bad field
-  checks += [(finite_number(w) and w >= 0, f'loss.{k} must be a finite number >= 0') for k, w in config.loss.items()]
+  checks += [(finite_number(w) and w >= 0, f'loss.{k} must be a finite number >= 0') for k, w in config.get('loss', {}).items()]
   for ok, message in checks:
     if not ok:
       raise UserError(f'invalid config: {message}')

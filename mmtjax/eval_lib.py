@@ -34,7 +34,7 @@ from mmtjax.data import datasets, pipeline, protocols, transforms
 from mmtjax.data import episodes as episode_lists
 from mmtjax.errors import UserError
 from mmtjax.models import get_model
-from mmtjax.state import create_train_state
+from mmtjax.state import create_train_state, untrained_variables
 
 PANEL_MAX_SIDE = 480  # episode panels show images at their own resolution, the longer side capped here
 def eval_rows(method, config: ml_collections.ConfigDict) -> dict[str, tuple[dict, Any]]:
@@ -465,7 +465,11 @@ def _not_ready(cfg: ml_collections.ConfigDict, label: str | None = None) -> str 
 
 
 def _restore(workdir: str, config, best: bool, step: int | None):
-  """(step, model, host variables) of a workdir's checkpoint."""
+  """(step, model, host variables) of a workdir's checkpoint; a training-free method's come from
+  its config and model.pretrained alone (step 0; the workdir only receives the reports)."""
+  if not methods.for_config(config).trainable:
+    model = get_model(config, axis_name=parallel.AXIS)
+    return 0, model, untrained_variables(model, config, note=progress.line)
   subdir = checkpointing.BEST_SUBDIR if best else checkpointing.SUBDIR
   ckpt_dir = os.path.join(workdir, subdir)
   if not os.path.isdir(ckpt_dir):
@@ -540,7 +544,10 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, *, test_datasets: lis
 
   runs, cache, splits = [], {}, {}
   total_runs = len(targets) * len(shots) * len(seeds or [None])
-  kind = 'best' if best else 'latest'
+  trained = methods.for_config(config).trainable
+  kind = ('best' if best else 'latest') if trained else 'pretrained'
+  if not trained and jax.process_index() == 0:
+    os.makedirs(workdir.format(seed=seeds[0]) if per_run else workdir, exist_ok=True)  # its reports only
   first_where, (first_step, *_) = checkpoint(seeds[0] if per_run else None)
   for name, cfg in targets.items():
     try:
@@ -562,8 +569,8 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, *, test_datasets: lis
                      cfg.data.test_split, shot, seed)
         run = evaluate_variables(model, replicated, cfg, split, protocol=chosen, step_cache=cache)
         run.update(step=s, checkpoint=os.path.join(where, checkpointing.BEST_SUBDIR if best
-                                                    else checkpointing.SUBDIR), episode_seed=chosen.seed,
-                   seed=seed)
+                                                    else checkpointing.SUBDIR) if trained else
+                   f'training-free: {config.model.pretrained}', episode_seed=chosen.seed, seed=seed)
         if name != kinds[name]:  # a labelled target (several folders of one kind): the label names it
           run.update(dataset=name, dataset_kind=kinds[name])
         runs.append(run)
@@ -640,6 +647,8 @@ def publish(report: dict, runs: Sequence[dict], path: str, *, config, targets: d
         protocol = dataclasses.replace(protocol, seed=done[0]['episode_seed'])
         pictures += [p for p, _ in prediction_panels(model, host, cfg, split, protocol, save_predictions,
                                                        panels, f'{name}_{shot}shot', cache)]
+    if source is None and style_memory_bank(host) is None:
+      continue  # No memory, no memory picture: the training split is not needed.
     if source is None:  # The training split, for the memory picture: loaded once.
       source = datasets.load_split(config.data, config.data.train_split, training=False)
     picture = memory_picture(model, host, cfg, unused_path(f'{stem}_{name}_memory.png' if not single else

@@ -2,11 +2,14 @@ r"""Segmenting a user's own images with a trained model.
 
   from mmtjax.predict import Predictor
   predictor = Predictor.from_workdir('workdirs/default')      # latest checkpoint (best=True: the best)
+  predictor = Predictor.from_config(config)                   # a training-free method (model=prototype)
   out = predictor.segment(query, [support], [support_mask])   # uint8 RGB arrays of any size
   out.mask, out.probability                                   # at the query's own size
 
   python -m mmtjax.commands.predict --workdir W --support a.jpg:a.png [--support b.jpg:b.png] \
       --query q.jpg --out q_mask.png [--query r.jpg --out r_mask.png]
+  python -m mmtjax.commands.predict --config configs/default.py:model=prototype \
+      --pretrained ~/weights/dinov2_vits14_pretrain.pth --support a.jpg:a.png --query q.jpg --out q_mask.png
 
 The model and its config come from the checkpoint. Images are resized and
 normalised inside, as the config's test protocol does (square resize, or for
@@ -30,11 +33,11 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from mmtjax import adapt, checkpointing, methods, parallel
+from mmtjax import adapt, checkpointing, config_lib, methods, parallel
 from mmtjax.data import datasets, protocols, transforms
 from mmtjax.errors import UserError, warn
 from mmtjax.models import get_model
-from mmtjax.state import create_train_state
+from mmtjax.state import create_train_state, untrained_variables
 
 
 @dataclasses.dataclass
@@ -90,6 +93,19 @@ class Predictor:
     protocol = protocols.test_protocol(datasets.test_data(config.data), config.eval)
     self.size, self.resize = protocol.image_size, protocol.resize
     self._forward = jax.jit(self._logits)
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, *, mode: str | None = None,
+                  adapt_steps: int | None = None) -> Predictor:
+    """A training-free method (e.g. `prototype`) built from its config and model.pretrained."""
+    if methods.for_config(config).trainable:
+      raise UserError(f'model {config.model.name} is trained: load it with Predictor.from_workdir(WORKDIR) '
+                      f'(--workdir on the command line)')
+    config = copy.deepcopy(config)
+    datasets.resolve(config, training=False)
+    config_lib.validate(config)
+    model = get_model(config, axis_name=None)
+    return cls(config, untrained_variables(model, config), mode=mode, adapt_steps=adapt_steps)
 
   @classmethod
   def from_workdir(cls, workdir: str, *, best: bool = False, step: int | None = None,

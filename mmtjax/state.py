@@ -13,6 +13,7 @@ import optax
 
 from mmtjax.errors import UserError
 from mmtjax.models import backbones
+from mmtjax.weights import convert
 
 MODEL_COLLECTIONS = ('batch_stats', 'memory')
 
@@ -98,3 +99,22 @@ def create_train_state(model, config: ml_collections.ConfigDict) -> tuple[TrainS
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                      model_state=model_state, rng=rng)
   return state, tx
+
+
+def with_pretrained(state: TrainState, config: ml_collections.ConfigDict, note=None) -> TrainState:
+  """`state` whose backbone params and BatchNorm statistics come from model.pretrained (a .pth
+  file or another run's workdir; `note`: the loader's line about tensors the model never runs)."""
+  m = config.model
+  variables = convert.load_backbone(
+      m.pretrained, {'params': state.params, 'batch_stats': state.model_state.get('batch_stats', {})},
+      backbones.get_backbone(m.backbone, stem=m.get('stem')), note=note)
+  return state.replace(params=variables['params'],
+                       model_state={**state.model_state, 'batch_stats': variables['batch_stats']})
+
+
+def untrained_variables(model, config: ml_collections.ConfigDict, note=None) -> dict:
+  """The evaluation variables of a training-free method: its pretrained backbone, nothing else
+  (what a checkpoint gives a trained method)."""
+  state, _ = create_train_state(model, config)
+  state = with_pretrained(state, config, note=note)
+  return {'params': state.params, **state.model_state}

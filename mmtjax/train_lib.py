@@ -32,9 +32,14 @@ from mmtjax import (
 from mmtjax.data import datasets, pipeline, protocols
 from mmtjax.data.episodes import EpisodeSampler
 from mmtjax.errors import DivergedError, Terminated, UserError, warn
-from mmtjax.models import backbones, get_model
-from mmtjax.state import create_train_state, learning_rate_schedule, trainable_labels, warmup_steps
-from mmtjax.weights import convert
+from mmtjax.models import get_model
+from mmtjax.state import (
+    create_train_state,
+    learning_rate_schedule,
+    trainable_labels,
+    warmup_steps,
+    with_pretrained,
+)
 
 
 def prepare_workdir(workdir: str) -> None:
@@ -223,17 +228,6 @@ def _log_panels(log: _Log, step: int, prefix: str, model, rstate, config, split,
                                                         step_cache=step_cache))
 
 
-def _load_pretrained(state, config: ml_collections.ConfigDict):
-  """A fresh state whose backbone params and BatchNorm statistics come from model.pretrained."""
-  m = config.model
-  variables = convert.load_backbone(
-      m.pretrained, {'params': state.params, 'batch_stats': state.model_state.get('batch_stats', {})},
-      backbones.get_backbone(m.backbone, stem=m.stem))
-  say(f'backbone weights from {m.pretrained}')
-  return state.replace(params=variables['params'],
-                       model_state={**state.model_state, 'batch_stats': variables['batch_stats']})
-
-
 class TrainResult(NamedTuple):
   model: Any
   state: Any  # Replicated TrainState.
@@ -272,6 +266,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
 
 
 def _check_args(config, workdir: str, stop_after_steps: int | None) -> None:
+  if not methods.for_config(config).trainable:
+    raise UserError(f'model {config.model.name} is training-free: it needs no training; evaluate it directly '
+                    f'with evaluate.py and the same --config (--workdir: where its reports go)')
   datasets.resolve(config, training=True)
   config_lib.validate(config)
   if stop_after_steps is not None and stop_after_steps < 1:
@@ -325,7 +322,8 @@ def _train(config, workdir, *, devices, stop_after_steps) -> TrainResult:
     logging.info('resumed from %s at step %d', ckpts.directory, latest)
     say(f'resuming from step {latest} ({ckpts.directory})')
   elif config.model.get('pretrained'):
-    state = _load_pretrained(state, config)
+    state = with_pretrained(state, config, note=say)
+    say(f'backbone weights from {config.model.pretrained}')
   start = int(state.step)
   _truncate_metrics(workdir, start)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))

@@ -2,6 +2,12 @@ r"""Segments your own query images from support images and masks (mmtjax.predict
 
   python -m mmtjax.commands.predict --workdir W --support a.jpg:a.png [--support b.jpg:b.png] \
       --query q.jpg --out q_mask.png [--query r.jpg --out r_mask.png]
+  python -m mmtjax.commands.predict --config configs/default.py:model=prototype \
+      --pretrained ~/weights/dinov2_vits14_pretrain.pth --support a.jpg:a.png --query q.jpg --out q.png
+
+--workdir loads a trained run; --config FILE[:ARGS] builds a training-free
+method (model=prototype) from its config, with --pretrained (and --backbone)
+setting model.pretrained (model.backbone).
 
 Masks are written as 0/255 PNGs at each query's size, never over an existing
 file; every path is checked before the model is loaded.
@@ -29,7 +35,11 @@ def _read(path: str, what: str):
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog='python -m mmtjax.commands.predict',
                                    description='Segments query images given support images and masks.')
-  parser.add_argument('--workdir', required=True)
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument('--workdir', help='a trained run')
+  source.add_argument('--config', help='FILE[:ARGS] of a training-free method, e.g. configs/default.py:model=prototype')
+  parser.add_argument('--pretrained', help='with --config: model.pretrained (the backbone weights file)')
+  parser.add_argument('--backbone', help='with --config: model.backbone, e.g. dinov2_vits14')
   parser.add_argument('--support', action='append', required=True, help='IMAGE:MASK (repeat for K shots)')
   parser.add_argument('--query', action='append', required=True)
   parser.add_argument('--out', action='append', required=True, help='mask PNG per --query (never overwritten)')
@@ -39,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                       help="test-time adaptation steps on the supports first (default: the checkpoint config's "
                            'eval.adapt.steps; 0: off)')
   args = parser.parse_args(argv)
+  if args.workdir and (args.pretrained or args.backbone):
+    parser.error('--pretrained and --backbone go with --config (a trained --workdir has its own)')
   from mmtjax import cli
   cli.quiet_libraries()
   cli.compile_cache()
@@ -62,12 +74,35 @@ def _predict_files(args) -> None:
     supports.append(_read(image, 'support image'))
     masks.append(_read(mask, 'support mask'))
   queries = [_read(q, 'query image') for q in args.query]
-  predictor = Predictor.from_workdir(args.workdir, best=args.best, step=args.step, adapt_steps=args.adapt_steps)
+  if args.config:
+    predictor = Predictor.from_config(_config(args), adapt_steps=args.adapt_steps)
+  else:
+    predictor = Predictor.from_workdir(args.workdir, best=args.best, step=args.step, adapt_steps=args.adapt_steps)
   for out, pred in zip(args.out, predictor.segment_many(queries, supports, masks)):
     tmp = f'{out}.tmp{os.getpid()}.png'
     Image.fromarray(pred.mask * 255).save(tmp)
     os.replace(tmp, out)
     print(f'{out}: {int(pred.mask.sum())} foreground pixels of {pred.mask.size}')
+
+
+def _config(args):
+  """The config of --config FILE[:ARGS] (a config file's get_config(ARGS)), with --pretrained and
+  --backbone set; the file is a Python config as train.py and evaluate.py take it."""
+  import importlib.util
+
+  path, _, arg = args.config.partition(':')
+  if not os.path.isfile(path):
+    raise UserError(f'--config {path} does not exist')
+  spec = importlib.util.spec_from_file_location('_mmtjax_predict_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg or None)
+  with config.unlocked():
+    if args.pretrained:
+      config.model.pretrained = args.pretrained
+    if args.backbone:
+      config.model.backbone = args.backbone
+  return config
 
 
 if __name__ == '__main__':

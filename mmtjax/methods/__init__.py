@@ -41,8 +41,8 @@ def for_config(config) -> Method:
 
 
 def _register_builtin() -> None:
-  from mmtjax.methods import baseline, mmnet, mmt
-  for method in (mmt.MMTMethod(), baseline.BaselineMethod(), mmnet.MMNetMethod()):
+  from mmtjax.methods import baseline, mmnet, mmt, prototype
+  for method in (mmt.MMTMethod(), baseline.BaselineMethod(), mmnet.MMNetMethod(), prototype.PrototypeMethod()):
     register(method)
 
 

@@ -30,6 +30,8 @@ class Method:
       top-level modules of the params tree it adapts (adapt.py); never the
       backbone.
     adapt_default: the groups adapted when config.eval.adapt.groups is unset.
+    trainable: False for a training-free method: evaluation and prediction build it from the
+      config and model.pretrained with no checkpoint, and train.py refuses it in one line.
   """
 
   name: str = ''
@@ -37,6 +39,7 @@ class Method:
   config_sections: tuple[str, ...] = ()
   adapt_groups: Mapping[str, tuple[str, ...]] = {}
   adapt_default: tuple[str, ...] = ()
+  trainable: bool = True
 
   # --- configuration -------------------------------------------------------------------------
   def config(self, variant: str = 'paper') -> dict:

@@ -11,6 +11,7 @@ from ml_collections import config_dict
 from mmtjax import losses
 from mmtjax.methods.base import Method
 from mmtjax.methods.mmt import _dtype
+from mmtjax.models import backbones
 from mmtjax.models.mmnet import MMNet
 from mmtjax.models.vit import ATTENTIONS
 
@@ -39,6 +40,7 @@ class MMNetMethod(Method):
         # PSPNet deep-stem ResNet-50 .pth (PFENet's initmodel/resnet50_v2.pth), read without PyTorch.
         pretrained=config_dict.placeholder(str),
         attention='fused',         # a ViT's attention: 'fused' (jax.nn.dot_product_attention) or 'plain'
+        **backbones.readout_fields(),  # a ViT's stage ends and final norm (docs/assumptions.md)
         reduce_dim=256,
         num_meta_classes=50,
         meta_init_std=1.0,
@@ -74,7 +76,8 @@ class MMNetMethod(Method):
                  recon_block=m.get('recon_block', 0), bins=tuple(m.bins),
                  bin_reference_size=m.bin_reference_size, mid_dropout=m.mid_dropout,
                  head_dropout=m.head_dropout, prior_stage=m.prior_stage,
-                 joint_backbone=m.get('joint_backbone', False), attention=m.get('attention', 'fused'))
+                 joint_backbone=m.get('joint_backbone', False), attention=m.get('attention', 'fused'),
+                 **backbones.readout_options(m))
 
   def loss(self, outputs: Mapping[str, Any], query_labels, weights, axis_name):
     del axis_name

@@ -46,6 +46,7 @@ class MMTMethod(Method):
             freeze_backbone=config_dict.placeholder(bool),
             pretrained=config_dict.placeholder(str),  # torchvision-style or Meta's DINO .pth
             attention='fused',         # a ViT's attention: 'fused' (jax.nn.dot_product_attention) or 'plain'
+            **backbones.readout_fields(),  # a ViT's stage ends and final norm (docs/assumptions.md)
             memory_stage='layer1',
             feature_stages=('layer2', 'layer3'),
             embed_dim=64,
@@ -97,7 +98,8 @@ class MMTMethod(Method):
                axis_name=axis_name, dtype=_dtype(config), memory_stage=m.memory_stage,
                feature_stages=tuple(m.feature_stages), embed_dim=m.embed_dim, dropout=m.dropout,
                cosine_scale=m.cosine_scale, use_memory=self.use_memory, attention=m.get('attention', 'fused'),
-               memory=dict(config.memory) if self.use_memory else None)
+               memory=dict(config.memory) if self.use_memory else None,
+               **backbones.readout_options(m))
 
   def loss(self, outputs: Mapping[str, Any], query_labels, weights, axis_name):
     """With the memory, L_pro is the mean of the cross-entropies of the re-styled and the

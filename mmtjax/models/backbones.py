@@ -210,6 +210,24 @@ _BACKBONES = {
 
 NAMES = tuple(sorted(_BACKBONES)) + tuple(sorted(vit.SPECS))
 
+# What a method reads from a ViT (config model.vit_blocks, model.vit_norm; no meaning for a CNN):
+# where layer1..layer4 end (None: the quarter points) and whether the final LayerNorm is applied.
+READOUT_DEFAULTS = {'vit_blocks': None, 'vit_norm': True}
+
+
+def readout_fields() -> dict:
+  """The readout fields every method's model section carries, typed for the command line
+  (e.g. --config.model.vit_blocks=3,6,8,10 --config.model.vit_norm=False)."""
+  from ml_collections import config_dict  # noqa: PLC0415
+  return {'vit_blocks': config_dict.placeholder(tuple), 'vit_norm': True}
+
+
+def readout_options(model_config) -> dict:
+  """get_backbone's readout keyword arguments from a config's model section."""
+  blocks = model_config.get('vit_blocks')
+  return {'vit_blocks': None if blocks is None else tuple(blocks),
+          'vit_norm': bool(model_config.get('vit_norm', True))}
+
 
 def is_vit(name: str) -> bool:
   """A DINOv2 / DINOv3 vision transformer (frozen by default; no BatchNorm, no stem options)."""
@@ -218,11 +236,18 @@ def is_vit(name: str) -> bool:
 
 def get_backbone(name: str, *, stem: str | None = None, output_stride: int = 8,
                  axis_name: str | None = None, dtype: Any = jnp.float32,
-                 attention: str = 'fused') -> nn.Module:
+                 attention: str = 'fused', vit_blocks: Sequence[int] | None = None,
+                 vit_norm: bool = True) -> nn.Module:
   """Builds a backbone by name: resnet50, resnet101, vgg16_bn, resnet_tiny, or a ViT of
-  models.vit.SPECS (dinov2_vitb14_reg, dinov3_vitl16, ...; stem and output_stride do not apply)."""
+  models.vit.SPECS (dinov2_vitb14_reg, dinov3_vitl16, ...; stem and output_stride do not apply;
+  vit_blocks and vit_norm choose what its stages read: READOUT_DEFAULTS)."""
   if is_vit(name):
-    return vit.VisionTransformer(vit.SPECS[name], attention=attention, dtype=dtype)
+    spec = vit.SPECS[name]
+    try:
+      blocks = None if vit_blocks is None else vit.stage_ends(spec.depth, tuple(vit_blocks))
+    except ValueError as e:
+      raise UserError(f'{e} for {name}') from None
+    return vit.VisionTransformer(spec, attention=attention, dtype=dtype, blocks=blocks, norm_readout=vit_norm)
   if name not in _BACKBONES:
     raise UserError(f'unknown backbone {name!r}; choose from {list(NAMES)}')
   spec = dict(_BACKBONES[name])

@@ -159,6 +159,8 @@ class MMNet(nn.Module):
   prior_stage: str = 'layer4'
   joint_backbone: bool = False
   attention: str = 'fused'
+  vit_blocks: tuple[int, ...] | None = None  # a ViT's stage ends (backbones.READOUT_DEFAULTS)
+  vit_norm: bool = True
   axis_name: str | None = None
   dtype: Any = jnp.float32
 
@@ -167,7 +169,8 @@ class MMNet(nn.Module):
       raise UserError(f"backbone_bn must be 'batch' or 'running', got {self.backbone_bn!r}")
     self.encoder = backbones.get_backbone(self.backbone, stem=self.stem, output_stride=self.output_stride,
                                           axis_name=self.axis_name, dtype=self.dtype,
-                                          attention=self.attention)
+                                          attention=self.attention, vit_blocks=self.vit_blocks,
+                                          vit_norm=self.vit_norm)
     self.down_query = ConvReLU(self.reduce_dim, 1, self.dtype)
     self.down_support = ConvReLU(self.reduce_dim, 1, self.dtype)
     self.mid_drop = nn.Dropout(self.mid_dropout, broadcast_dims=(1, 2))

@@ -57,6 +57,8 @@ class MMT(nn.Module):
   use_memory: bool = True
   memory: dict[str, Any] | None = None
   attention: str = 'fused'
+  vit_blocks: tuple[int, ...] | None = None  # a ViT's stage ends (backbones.READOUT_DEFAULTS)
+  vit_norm: bool = True
   axis_name: str | None = None
   dtype: Any = jnp.float32
 
@@ -71,7 +73,8 @@ class MMT(nn.Module):
     self.encoder = backbones.get_backbone(self.backbone, stem=self.stem,
                                           output_stride=self.output_stride,
                                           axis_name=self.axis_name, dtype=self.dtype,
-                                          attention=self.attention)
+                                          attention=self.attention, vit_blocks=self.vit_blocks,
+                                          vit_norm=self.vit_norm)
     if self.use_memory:
       self.style_memory = StyleMemory(**(self.memory or {}), axis_name=self.axis_name)
     self.neck = nn.Conv(self.embed_dim, (1, 1), use_bias=False, dtype=self.dtype)

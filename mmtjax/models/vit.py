@@ -13,8 +13,12 @@ the residual stream itself, so a module between two stages (MMT's style
 memory) changes what the next stage reads. The cls and register tokens stay
 inside the backbone: they travel beside the map as outputs[prefix_key(stage)]
 [B, 1 + R, C] and come back through `prefix=` when a later call starts at the
-next stage. `readout` is what a head reads from a stage: the final LayerNorm,
-as `get_intermediate_layers(norm=True)` gives it to Meta's heads.
+next stage. Where the stages end is the backbone's `blocks` (config
+model.vit_blocks): by default the quarter points, or any four ascending block
+counts, e.g. (3, 6, 8, 10) makes layer4 the output of block 10 of 12, and
+blocks 11-12 are never built or run. `readout` is what a head reads from a
+stage, as Meta's `get_intermediate_layers` gives it: the final LayerNorm
+applied (norm=True, `norm_readout`), or the raw residual stream.
 
 Inputs whose sides are not multiples of the patch size (HSNet's 400 x 400 with
 patch 14) are bilinearly resized to the nearest multiple (at least one patch)
@@ -98,6 +102,9 @@ SPECS = {
     'dinov2_tiny': ViTSpec('dinov2', 8, 32, 4, 2, pos_grid=8),
     'dinov2_tiny_reg': ViTSpec('dinov2', 8, 32, 4, 2, registers=4, pos_grid=8, antialias=True, offset=0.0),
     'dinov3_tiny': ViTSpec('dinov3', 8, 32, 4, 2, registers=4, ln_eps=1e-5, layerscale=1e-5),
+    # The architecture of tests/golden/vit/dinov2_tiny.pth, a file Meta's own code wrote: a
+    # CPU-sized ViT that has real weights, for the command-line tests of pretrained loading.
+    'dinov2_golden14': ViTSpec('dinov2', 14, 64, 4, 2, pos_grid=4),
 }
 
 
@@ -247,16 +254,35 @@ class Block(nn.Module):
         FFN(s.ffn, s.ffn_hidden, self.dtype, name='mlp')(norm('norm2')(x)))
 
 
+def stage_ends(depth: int, blocks: tuple[int, ...] | None = None) -> tuple[int, ...]:
+  """How many blocks have run at the end of layer1..layer4: `blocks` checked (four ascending
+  counts in 1..depth), or the quarter points of `depth`."""
+  if blocks is None:
+    return tuple(depth * i // 4 for i in range(1, 5))
+  blocks = tuple(blocks)
+  if (len(blocks) != 4 or not all(isinstance(b, int) and not isinstance(b, bool) for b in blocks)
+      or not 1 <= blocks[0] or blocks[-1] > depth or any(a >= b for a, b in zip(blocks, blocks[1:]))):
+    raise ValueError(f'model.vit_blocks must be four ascending block counts in 1..{depth} (where layer1..layer4 '
+                     f'end, e.g. {stage_ends(depth)}), got {blocks}')
+  return blocks
+
+
 class VisionTransformer(nn.Module):
   """A DINOv2 / DINOv3 ViT whose `__call__` runs the slice [start, stop] of its five stages.
 
   Same call as backbones.Backbone; `train_bn` has no meaning (no BatchNorm) and
   `prefix` carries the cls + register tokens [B, 1 + R, C] when starting after
   the stem (outputs[prefix_key(previous stage)] of an earlier call).
+
+  Attributes:
+    blocks: blocks run by the end of layer1..layer4 (stage_ends); None: the quarter points.
+    norm_readout: `readout` applies the final LayerNorm (get_intermediate_layers(norm=True)).
   """
   spec: ViTSpec
   attention: str = 'fused'
   dtype: Any = jnp.float32
+  blocks: tuple[int, ...] | None = None
+  norm_readout: bool = True
 
   @property
   def arch(self) -> str:
@@ -264,8 +290,9 @@ class VisionTransformer(nn.Module):
 
   def setup(self):
     s = self.spec
-    if s.depth % 4:
-      raise ValueError(f'a ViT backbone needs a depth divisible by 4 (four stages), got {s.depth}')
+    if s.depth % 4 and self.blocks is None:
+      raise ValueError(f'a ViT of depth {s.depth} needs model.vit_blocks (where its four stages end)')
+    self.ends = stage_ends(s.depth, self.blocks)
     self.patch_embed = PatchEmbed(s.width, s.patch, self.dtype)
     self.cls_token = self.param('cls_token', nn.initializers.normal(1e-6), (1, 1, s.width))
     if s.family == 'dinov2':
@@ -273,7 +300,8 @@ class VisionTransformer(nn.Module):
     if s.registers:
       name = 'register_tokens' if s.family == 'dinov2' else 'storage_tokens'
       self.registers = self.param(name, nn.initializers.normal(1e-6), (1, s.registers, s.width))
-    self.blocks = [Block(s, self.attention, self.dtype) for _ in range(s.depth)]
+    # Named blocks_i as Meta's blocks.i; only those up to the last stage end are ever built.
+    self.layers = [Block(s, self.attention, self.dtype, name=f'blocks_{i}') for i in range(self.ends[-1])]
     self.norm = nn.LayerNorm(s.ln_eps, dtype=self.dtype)
 
   def _interpolated_pos(self, h: int, w: int) -> jax.Array:
@@ -328,10 +356,10 @@ class VisionTransformer(nn.Module):
       rope = rope_sincos(h, w, c // self.spec.heads, self.spec.rope_base)
     tokens = jnp.concatenate([prefix.astype(x.dtype), x.reshape(b, h * w, c)], axis=1)
     t = prefix.shape[1]
-    per = self.spec.depth // 4
+    ends = (0, *self.ends)
     for stage in range(first, last + 1):
-      for i in range((stage - 1) * per, stage * per):
-        tokens = self.blocks[i](tokens, rope)
+      for i in range(ends[stage - 1], ends[stage]):
+        tokens = self.layers[i](tokens, rope)
       name = STAGES[stage]
       outputs[name] = tokens[:, t:].reshape(b, h, w, c)
       outputs[prefix_key(name)] = tokens[:, :t]
@@ -339,8 +367,8 @@ class VisionTransformer(nn.Module):
 
   def readout(self, x: jax.Array) -> jax.Array:
     """What a head reads from a stage's output: the final LayerNorm (Meta's heads'
-    get_intermediate_layers(norm=True))."""
-    return self.norm(x)
+    get_intermediate_layers(norm=True)), or with norm_readout False the raw tokens."""
+    return self.norm(x) if self.norm_readout else x
 
   def cls(self, outputs: dict[str, jax.Array], stage: str = 'layer4') -> jax.Array:
     """The normed cls token [B, C] after `stage`."""

@@ -119,21 +119,23 @@ def _from_mmtjax_run(workdir: str, template: dict) -> dict:
   return jax.tree_util.tree_map_with_path(take, template)
 
 
-def load_backbone(path: str, variables: dict, backbone: Any) -> dict:
+def load_backbone(path: str, variables: dict, backbone: Any, note=None) -> dict:
   """`variables` (params and batch_stats of a model) with their 'encoder' parts from `path`:
   a PyTorch .pth file, or the workdir of another mmtjax run (its latest checkpoint).
 
   `backbone` is the model's backbone module (models.backbones.get_backbone): its `arch` picks
   the key layout ('resnet', 'vgg', or a ViT family, whose weights are Meta's, read by
-  weights.vit; a ViT has no BatchNorm statistics).
+  weights.vit; a ViT has no BatchNorm statistics). `note` receives the one line saying which
+  tensors of a complete ViT file the model never runs (weights.vit.vit_from_torch).
   """
+  path = os.path.expanduser(path)
   vit_spec = getattr(backbone, 'spec', None)
   collections = ('params',) if vit_spec is not None else ('params', 'batch_stats')
   template = jax.device_get({c: variables[c]['encoder'] for c in collections})
   if os.path.isdir(os.path.join(path, 'checkpoints')):
     loaded = _from_mmtjax_run(path, template)
   elif vit_spec is not None:
-    loaded = vit_weights.vit_from_torch(load_state_dict(path), template, vit_spec)
+    loaded = vit_weights.vit_from_torch(load_state_dict(path), template, vit_spec, note=note)
   else:
     loaded = backbone_from_torch(load_state_dict(path), template, backbone.arch)
   out: dict[str, Any] = {c: dict(variables[c]) for c in variables}

@@ -1,0 +1,123 @@
+"""Training-free prototype matching on a frozen pretrained backbone, as a method.
+
+The floor every trained method must beat: masked average pooling of each
+support's foreground and background tokens at the chosen stage(s), the shots'
+prototypes averaged, the cosine of every query token to both, foreground where
+it wins. Several stages combine by averaging their cosine maps (at the finest
+of their sizes). No parameter is trained: evaluate.py and mmtjax.predict build
+it from the config and model.pretrained alone, and train.py says it needs no
+training. The foundation-model few-shot segmenters of 2025-2026 (FSSDINO:
+training-free on a frozen DINOv3) start from this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mmtjax import ops
+from mmtjax.methods.base import Method
+from mmtjax.methods.mmt import _dtype
+from mmtjax.models import backbones, heads
+from mmtjax.models.vit import ATTENTIONS
+
+
+class PrototypeMatcher(nn.Module):
+  """Frozen backbone + per-stage prototypes + cosine; no trainable parameter of its own.
+
+  Attributes:
+    backbone, stem, output_stride, attention, vit_blocks, vit_norm: the backbone
+      and what its stages read (models.backbones.get_backbone).
+    feature_stages: stages whose cosine maps are averaged.
+    cosine_scale: the logits are scale x cosine (the decision, argmax, does not depend on it;
+      the foreground probability does).
+  """
+
+  backbone: str = 'dinov2_vits14'
+  stem: str | None = None
+  output_stride: int = 8
+  feature_stages: Sequence[str] = ('layer4',)
+  cosine_scale: float = 20.0
+  attention: str = 'fused'
+  vit_blocks: tuple[int, ...] | None = None
+  vit_norm: bool = True
+  axis_name: str | None = None
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.encoder = backbones.get_backbone(self.backbone, stem=self.stem, output_stride=self.output_stride,
+                                          dtype=self.dtype, attention=self.attention,
+                                          vit_blocks=self.vit_blocks, vit_norm=self.vit_norm)
+
+  def __call__(self, support_images: jax.Array, support_labels: jax.Array, query_images: jax.Array, *,
+               train: bool, transfer: bool = True) -> dict[str, jax.Array]:
+    """support_images [B, K, H, W, 3], support_labels [B, K, H, W] in {0, 1, 255},
+    query_images [B, H, W, 3] -> {'logits': [B, h, w, 2] (bg, fg) at the finest stage's size}."""
+    del train, transfer
+    b, k = support_images.shape[:2]
+    images = jnp.concatenate([support_images.reshape(b * k, *support_images.shape[2:]), query_images],
+                             axis=0).astype(self.dtype)
+    last = max(self.feature_stages, key=backbones.STAGES.index)
+    # Running statistics for a CNN's BatchNorm: nothing here may depend on the batch.
+    feats = self.encoder(images, train_bn=False, stop=last)
+    maps = []
+    for stage in self.feature_stages:
+      x = self.encoder.readout(feats[stage]).astype(jnp.float32)
+      h, w, d = x.shape[1:]
+      bg, fg = heads.shot_prototypes(x[:b * k].reshape(b, k, h, w, d), support_labels)
+      maps.append(heads.prototype_logits(x[b * k:], bg, fg, 1.0))
+    size = max((m.shape[1:3] for m in maps), key=lambda hw: hw[0] * hw[1])
+    cosine = jnp.mean(jnp.stack([ops.resize_features(m, size) for m in maps]), axis=0)
+    return {'logits': self.cosine_scale * cosine}
+
+
+class PrototypeMethod(Method):
+  """Prototype matching with no training (model.pretrained required)."""
+
+  name = 'prototype'
+  eval_modes = {'prototype': {}}
+  trainable = False
+
+  def config(self, variant: str = 'paper') -> dict:
+    # The same network for both variants: a frozen DINOv2 ViT-S/14; the stage it reads was
+    # chosen on CamVid's validation split (docs/assumptions.md, "Real images").
+    del variant
+    return {'model': dict(
+        name=self.name,
+        backbone='dinov2_vits14',
+        stem=None,
+        output_stride=8,
+        freeze_backbone=True,
+        pretrained=ml_collections.config_dict.placeholder(str),  # Meta's DINOv2/v3 .pth (or a CNN's)
+        attention='fused',
+        **backbones.readout_fields(),
+        feature_stages=('layer4',),
+        cosine_scale=20.0,
+    )}
+
+  def validate(self, config: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
+    m, stages = config.model, backbones.STAGES
+    return [
+        (bool(m.get('pretrained')), 'model prototype is training-free: it needs pretrained backbone weights, '
+                                    'e.g. --config.model.pretrained=~/weights/dinov2_vits14_pretrain.pth'),
+        (len(m.feature_stages) >= 1 and all(s in stages[1:] for s in m.feature_stages),
+         f'model.feature_stages must be stages of the backbone among {stages[1:]}'),
+        (m.get('freeze_backbone') in (None, True), 'model prototype trains nothing: model.freeze_backbone '
+                                                  'must stay True'),
+        (m.get('attention', 'fused') in ATTENTIONS, f'model.attention must be one of {ATTENTIONS}'),
+    ]
+
+  def build(self, config: ml_collections.ConfigDict, axis_name: str | None = None) -> PrototypeMatcher:
+    m = config.model
+    return PrototypeMatcher(backbone=m.backbone, stem=m.get('stem'), output_stride=m.output_stride,
+                            feature_stages=tuple(m.feature_stages), cosine_scale=m.cosine_scale,
+                            attention=m.get('attention', 'fused'), axis_name=axis_name, dtype=_dtype(config),
+                            **backbones.readout_options(m))
+
+  def loss(self, outputs: Mapping[str, Any], query_labels, weights, axis_name):
+    raise NotImplementedError('model prototype is training-free: it has no loss')

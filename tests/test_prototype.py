@@ -1,0 +1,163 @@
+"""Training-free prototype matching, and complete DINOv2 files in every method's config.
+
+The weights are tests/golden/vit/dinov2_tiny.pth, written by Meta's own code
+(tests/golden/make_vit_golden.py): a complete file of the `dinov2_golden14`
+architecture (4 blocks), loaded into configs that run fewer of them.
+"""
+
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmtjax import methods, ops
+from mmtjax.state import create_train_state, untrained_variables, with_pretrained
+from mmtjax.weights import torch_pth
+from tests.conftest import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOLDEN = os.path.join(ROOT, 'tests', 'golden', 'vit')
+FILE = os.path.join(GOLDEN, 'dinov2_tiny.pth')  # Meta's DinoVisionTransformer, depth 4, width 64
+
+
+def _config(tfds_dir, model, **fields):
+  config = tiny_config(tfds_dir, f'model={model}')
+  with config.unlocked():
+    config.model.backbone = 'dinov2_golden14'
+    config.model.pretrained = FILE
+    for key, value in fields.items():
+      config.model[key] = value
+  return config
+
+
+@pytest.mark.parametrize('model,fields,unused', [
+    ('mmt', {}, 'blocks.3'),  # reads layer2, layer3: block 4 of 4 never runs
+    ('mmt', {'vit_norm': False, 'feature_stages': ('layer2',), 'memory_stage': 'layer1'}, 'blocks.2-3 and norm'),
+    ('baseline', {}, 'blocks.3'),
+    ('mmnet', {}, 'blocks.3'),  # the CPU MM-Net's prior reads layer3
+    ('prototype', {}, None),  # layer4 = block 4: the whole file
+    ('prototype', {'feature_stages': ('layer2',), 'vit_norm': False}, 'blocks.2-3 and norm'),
+    ('prototype', {'vit_blocks': (1, 2, 3, 4), 'feature_stages': ('layer1', 'layer3')}, 'blocks.3'),
+])
+def test_a_complete_meta_file_loads_into_every_method_that_runs_fewer_blocks(tfds_dir, model, fields, unused):
+  config = _config(tfds_dir, model, **fields)
+  net = methods.for_config(config).build(config)
+  state, _ = create_train_state(net, config)
+  notes = []
+  state = with_pretrained(state, config, note=notes.append)
+  if unused is None:
+    assert notes == []
+  else:
+    assert len(notes) == 1 and f'({unused})' in notes[0] and 'left unused' in notes[0], notes
+  # The blocks it runs carry the file's tensors (Linear [out, in] -> Dense kernel [in, out]).
+  sd = torch_pth.load_state_dict(FILE)
+  enc = state.params['encoder']
+  np.testing.assert_array_equal(enc['blocks_0']['attn']['qkv']['kernel'], sd['blocks.0.attn.qkv.weight'].T)
+  np.testing.assert_array_equal(enc['blocks_1']['mlp']['fc2']['bias'], sd['blocks.1.mlp.fc2.bias'])
+
+
+def test_a_file_of_another_architecture_still_names_its_first_bad_tensor(tfds_dir):
+  config = _config(tfds_dir, 'prototype', feature_stages=('layer2',))
+  config.model.pretrained = os.path.join(GOLDEN, 'dinov2_tiny_reg4_swiglu.pth')  # registers, SwiGLU
+  net = methods.for_config(config).build(config)
+  state, _ = create_train_state(net, config)
+  with pytest.raises(torch_pth.WeightsError) as err:
+    with_pretrained(state, config)
+  assert '\n' not in str(err.value) and 'blocks.0.mlp' in str(err.value)
+  # A DINOv3 file (patch 16) into a DINOv2 model (patch 14): its first mis-shaped tensor.
+  config.model.pretrained = os.path.join(GOLDEN, 'dinov3_tiny_reg4.pth')
+  with pytest.raises(torch_pth.WeightsError, match=r'patch_embed\.proj\.weight has shape \(16, 16, 3, 64\)'):
+    with_pretrained(state, config)
+
+
+def test_an_unused_tail_block_of_the_wrong_shape_is_an_error(tfds_dir, tmp_path):
+  from tests.test_weights import write_pth
+  sd = dict(torch_pth.load_state_dict(FILE))
+  sd['blocks.3.mlp.fc1.weight'] = np.zeros((8, 64), np.float32)  # the block the model never runs
+  path = str(tmp_path / 'bad_tail.pth')
+  write_pth(path, sd)
+  config = _config(tfds_dir, 'prototype', feature_stages=('layer2',))
+  config.model.pretrained = path
+  net = methods.for_config(config).build(config)
+  state, _ = create_train_state(net, config)
+  with pytest.raises(torch_pth.WeightsError, match=r'blocks\.3\.mlp\.fc1\.weight has shape'):
+    with_pretrained(state, config)
+
+
+def test_vit_blocks_must_be_four_ascending_counts(tfds_dir):
+  from mmtjax.errors import UserError
+  from mmtjax.models import backbones
+  with pytest.raises(UserError, match='four ascending block counts in 1..12'):
+    backbones.get_backbone('dinov2_vits14', vit_blocks=(3, 6, 6, 10))
+  with pytest.raises(UserError, match='in 1..4'):
+    backbones.get_backbone('dinov2_golden14', vit_blocks=(1, 2, 3, 5))
+
+
+def _reference(feats, labels, b, k):
+  """numpy: masked average pooling per shot, the shots' mean, cosine of each query token."""
+  n, h, w, d = feats.shape
+  fg, valid = (np.asarray(a) for a in ops.binary_masks(jnp.asarray(labels.reshape(b * k, *labels.shape[2:]))))
+  fg_s = np.asarray(ops.resize_mask(jnp.asarray(fg), (h, w)))
+  bg_s = np.asarray(ops.resize_mask(jnp.asarray(valid - fg), (h, w)))
+  sup = feats[:b * k]
+  out = np.zeros((b, h, w, 2))
+  for e in range(b):
+    protos = []
+    for m in (bg_s, fg_s):
+      per_shot = [(sup[e * k + s] * m[e * k + s][..., None]).sum((0, 1)) / (m[e * k + s].sum() + 1e-6)
+                  for s in range(k)]
+      protos.append(np.mean(per_shot, axis=0))
+    q = feats[b * k + e]
+    for c, p in enumerate(protos):
+      out[e, ..., c] = (q @ p) / (np.linalg.norm(q, axis=-1) * np.linalg.norm(p) + 1e-8)
+  return out
+
+
+@pytest.mark.parametrize('k,stages', [(1, ('layer4',)), (3, ('layer4',)), (2, ('layer2', 'layer4'))])
+def test_prototype_matches_a_numpy_reference(tfds_dir, k, stages):
+  config = _config(tfds_dir, 'prototype', feature_stages=stages, cosine_scale=7.0)
+  model = methods.for_config(config).build(config)
+  variables = untrained_variables(model, config)
+  rng = np.random.default_rng(0)
+  b, s = 2, 42  # 3 x 3 tokens of patch 14
+  support = rng.normal(size=(b, k, s, s, 3)).astype(np.float32)
+  query = rng.normal(size=(b, s, s, 3)).astype(np.float32)
+  labels = np.zeros((b, k, s, s), np.uint8)
+  labels[:, :, 5:30, 10:35] = 1
+  labels[:, :, :3] = 255  # ignored: neither foreground nor background
+  out = model.apply(variables, support, labels, query, train=False)['logits']
+
+  def feats(m, x, stage):
+    return m.encoder.readout(m.encoder(x, train_bn=False)[stage])
+
+  images = np.concatenate([support.reshape(b * k, s, s, 3), query])
+  expected = np.mean([_reference(np.asarray(model.apply(variables, images, stage, method=feats), np.float64),
+                                 labels, b, k) for stage in stages], axis=0)
+  np.testing.assert_allclose(np.asarray(out), 7.0 * expected, atol=2e-4)
+
+
+def _cli(args, env_extra, cwd):
+  env = {**os.environ, **env_extra, 'PYTHONPATH': ROOT}
+  return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def test_evaluate_runs_prototype_with_no_checkpoint_and_train_refuses_it_in_one_line(tfds_dir, tmp_path):
+  workdir = tmp_path / 'absent' / 'w'
+  common = ['--config', os.path.join(ROOT, 'configs', 'default.py') + ':model=prototype',
+            '--config.model.backbone=dinov2_golden14', f'--config.model.pretrained={FILE}',
+            f'--config.data.data_dir={tfds_dir}', '--config.data.builder_config=tiny',
+            '--config.data.image_size=28', '--config.data.min_pixels=4', '--config.eval.num_episodes=8',
+            '--config.eval.batch_size=4', f'--workdir={workdir}']
+  train = _cli([os.path.join(ROOT, 'train.py'), *common], {}, str(tmp_path))
+  assert train.returncode == 2, train.stderr
+  lines = [x for x in train.stderr.splitlines() if x.strip()]
+  assert len(lines) == 1 and lines[0].startswith('error: model prototype is training-free'), train.stderr
+  assert not workdir.exists()  # nothing created before the refusal
+  ev = _cli([os.path.join(ROOT, 'evaluate.py'), *common], {}, str(tmp_path))
+  assert ev.returncode == 0, ev.stderr[-3000:]
+  assert 'prototype' in ev.stdout and 'mIoU' in ev.stdout
+  reports = [f for f in os.listdir(workdir) if f.endswith('.json')]
+  assert reports and 'pretrained' in reports[0]
