@@ -115,7 +115,7 @@ def _config(method: str, shot: int, data: str, weights: str, **fields):
       *parents, leaf = key.split('.')
       for part in parents:
         node = node[part]
-      node[leaf] = value
+      node[leaf] = tuple(value) if isinstance(value, list) else value  # (JSON lists: config tuples)
   return c
 
 
@@ -165,6 +165,173 @@ def _device() -> str:
   return f'{d.platform} ({d.device_kind}), {os.cpu_count()} cores, {platform.processor() or platform.machine()}'
 
 
+
+# --- the trivial rows, as training-free methods on the same episodes ----------------------------
+
+def _register_trivial() -> None:
+  """'all_foreground' and 'colour_histogram' (a support colour-histogram classifier: 8 bins per
+  channel of the normalised RGB, foreground and background histograms of the K supports with
+  add-one smoothing, each query pixel to the likelier one), registered as methods so that they
+  score exactly the episodes the other rows score."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+
+  from mmtjax import methods
+  from mmtjax.methods.base import Method
+
+  class AllForeground(nn.Module):
+    @nn.compact
+    def __call__(self, support_images, support_labels, query_images, *, train, transfer=True):
+      zero = query_images[..., 0] * 0.0  # from the input: a constant would be folded at compile time
+      return {'logits': jnp.stack([zero, zero + 1.0], axis=-1)}
+
+  class ColourHistogram(nn.Module):
+    bins: int = 8
+
+    def _codes(self, x):  # normalised RGB (about -2.1..2.6) -> one histogram bin per pixel
+      q = jnp.clip(((x + 2.2) / 4.9 * self.bins).astype(jnp.int32), 0, self.bins - 1)
+      return (q[..., 0] * self.bins + q[..., 1]) * self.bins + q[..., 2]
+
+    @nn.compact
+    def __call__(self, support_images, support_labels, query_images, *, train, transfer=True):
+      n = self.bins ** 3
+      codes = jax.nn.one_hot(self._codes(support_images), n)  # [B, K, H, W, n]
+      fg = (support_labels == 1)[..., None]
+      bg = (support_labels == 0)[..., None]
+      h_fg = (codes * fg).sum((1, 2, 3)) + 1.0
+      h_bg = (codes * bg).sum((1, 2, 3)) + 1.0
+      log_ratio = jnp.log(h_fg / h_fg.sum(-1, keepdims=True)) - jnp.log(h_bg / h_bg.sum(-1, keepdims=True))
+      q = jax.nn.one_hot(self._codes(query_images), n)  # [B, H, W, n]
+      score = jnp.einsum('bhwn,bn->bhw', q, log_ratio)
+      return {'logits': jnp.stack([jnp.zeros_like(score), score], axis=-1)}
+
+  class Trivial(Method):
+    trainable = False
+
+    def __init__(self, name, module):
+      self.name, self.module = name, module
+      self.eval_modes = {name: {}}
+
+    def config(self, variant='paper'):
+      return {'model': {'name': self.name}}
+
+    def build(self, config, axis_name=None):
+      return self.module()
+
+  for name, module in (('all_foreground', AllForeground), ('colour_histogram', ColourHistogram)):
+    if name not in methods.names():
+      methods.register(Trivial(name, module))
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+# Settings chosen on CamVid's validation split (`blocks`, and docs/assumptions.md "Real images").
+PROTOTYPE = {}
+TRAIN = {'train.num_steps': 300, 'train.batch_size': 4, 'train.lr': 1e-3, 'train.warmup_steps': 20,
+         'train.eval_every': 0, 'train.log_every': 50, 'train.checkpoint_every': 300, 'train.log_panels': 0}
+METHODS = {  # method -> its fields (model section), beside TRAIN
+    'baseline': {},
+    'mmt': {},
+    'mmnet': {},
+}
+
+
+def _sweep(config, workdir: str, args, shots, seeds=None, adapt_steps: int = 0) -> dict:
+  from mmtjax import eval_lib
+  with config.unlocked():
+    config.eval.num_episodes = args.episodes
+    config.eval.batch_size = 8
+    config.eval.adapt.steps = adapt_steps
+  manual = {'horses': os.path.join(args.data, 'horses'), 'ph2': os.path.join(args.data, 'ph2')}
+  return eval_lib.sweep(config, workdir, test_datasets=['semantic', 'horses=folder', 'ph2=folder'],
+                        shots=list(shots), seeds=seeds, manual_dirs=manual)
+
+
+def _rows(report: dict, label: str | None = None, suffix: str = '') -> list[dict]:
+  out = []
+  for r in report['summary']:
+    out.append({'row': (label or r['mode']) + suffix, 'dataset': {'semantic': 'camvid_unseen'}.get(r['dataset'], r['dataset']),
+                'shot': r['shot'], 'miou': r['miou'], 'mean': r['miou_mean'], 'std': r['miou_std']})
+  return out
+
+
+def select(args) -> None:
+  """Trains `--method` (seed 0) under each candidate setting and scores it on CamVid's validation
+  split: the choices behind METHODS (never a target)."""
+  from mmtjax import parallel, train_lib
+  rows = []
+  for i, fields in enumerate(json.loads(args.candidates)):
+    cfg = _config(args.method, 1, args.data, args.weights, **{**TRAIN, **fields})
+    t = time.time()
+    result = train_lib.train(cfg, os.path.join(args.workdir, f'{args.method}_{i}'))
+    train_s = time.time() - t
+    miou = _validation_miou(cfg, parallel.unreplicate(parallel.eval_variables(result.state)), args.episodes)
+    rows.append({'method': args.method, 'fields': fields, 'val_miou': miou, 'train_s': train_s})
+    print(f'{args.method} {fields}: val mIoU {miou:.2f} (training {train_s:.0f} s, '
+          f'{train_s / TRAIN["train.num_steps"]:.2f} s/step)', flush=True)
+  _write(args.workdir, f'select_{args.method}.json', rows)
+
+
+def run(args) -> None:
+  from mmtjax import train_lib
+  _register_trivial()
+  t0 = time.time()
+  rows, timing = [], {}
+  only = set(args.rows)
+  for name in ('all_foreground', 'colour_histogram', 'prototype'):
+    if name not in only:
+      continue
+    t = time.time()
+    cfg = _config(name, 1, args.data, args.weights if name == 'prototype' else None, **PROTOTYPE)
+    rows += _rows(_sweep(cfg, os.path.join(args.workdir, name), args, args.shots))
+    timing[name] = time.time() - t
+    print(f'{name}: {timing[name]:.0f} s', flush=True)
+  for name, fields in METHODS.items():
+    if name not in only:
+      continue
+    t = time.time()
+    for seed in args.seeds:
+      cfg = _config(name, 1, args.data, args.weights, **TRAIN, **fields, seed=seed)
+      train_lib.train(cfg, os.path.join(args.workdir, name, str(seed)))
+    timing[f'{name} training'] = time.time() - t
+    t = time.time()
+    cfg = _config(name, 1, args.data, args.weights, **TRAIN, **fields)
+    where = os.path.join(args.workdir, name, '{seed}')
+    rows += _rows(_sweep(cfg, where, args, args.shots, seeds=args.seeds), label=None)
+    if args.adapt_steps:
+      rows += _rows(_sweep(cfg, where, args, [5], seeds=args.seeds, adapt_steps=args.adapt_steps))
+    timing[f'{name} evaluation'] = time.time() - t
+    print(f'{name}: {timing[f"{name} training"]:.0f} s training, {timing[f"{name} evaluation"]:.0f} s evaluation',
+          flush=True)
+  wall = time.time() - t0
+  result = {'rows': rows, 'timing_s': timing, 'wall_s': wall, 'device': _device(), 'command': ' '.join(sys.argv),
+            'weights': args.weights, 'image_size': IMAGE_SIZE, 'episodes': args.episodes, 'seeds': args.seeds}
+  _write(args.workdir, 'real_images.json', result)
+  print(table(result))
+
+
+def table(result: dict) -> str:
+  """Markdown: one row per method (mode), columns target x shot, then the mean of the targets."""
+  rows = result['rows']
+  cols = [(d, s) for s in sorted({r['shot'] for r in rows}) for d in (*TARGETS, 'mean')]
+  names = list(dict.fromkeys(r['row'] for r in rows))
+  cell = {(r['row'], r['dataset'], r['shot']): r for r in rows}
+  lines = ['| row | ' + ' | '.join(f'{d} {s}-shot' for d, s in cols) + ' |', '|---' * (len(cols) + 1) + '|']
+  for n in names:
+    texts = []
+    for d, s in cols:
+      r = cell.get((n, d, s))
+      texts.append('-' if r is None else (f"{r['mean']:.1f}" if r['std'] is None or len(r['miou']) < 2
+                                          else f"{r['mean']:.1f} ± {r['std']:.1f}"))
+    lines.append(f'| {n} | ' + ' | '.join(texts) + ' |')
+  lines.append('')
+  lines.append(f"mIoU; {result['episodes']} episodes per target and shot; {result['image_size']} px; weights "
+               f"{result['weights']}; device {result['device']}; wall {result['wall_s'] / 60:.1f} min; "
+               f"seeds {result['seeds']} (mean ± std over training runs); `{result['command']}`")
+  return '\n'.join(lines)
+
+
 if __name__ == '__main__':
   p = argparse.ArgumentParser()
   sub = p.add_subparsers(dest='cmd', required=True)
@@ -179,5 +346,22 @@ if __name__ == '__main__':
   a.add_argument('--workdir', required=True)
   a.add_argument('--blocks', type=lambda v: [int(x) for x in v.split(',')], default=[6, 8, 9, 10, 11, 12])
   a.add_argument('--episodes', type=int, default=100)
+  a = sub.add_parser('run')
+  a.add_argument('--data', required=True)
+  a.add_argument('--weights', required=True)
+  a.add_argument('--workdir', required=True)
+  a.add_argument('--rows', type=lambda v: v.split(','),
+                 default=['all_foreground', 'colour_histogram', 'prototype', *METHODS])
+  a.add_argument('--shots', type=lambda v: [int(x) for x in v.split(',')], default=[1, 5])
+  a.add_argument('--seeds', type=lambda v: [int(x) for x in v.split(',')], default=[0, 1, 2])
+  a.add_argument('--episodes', type=int, default=100)
+  a.add_argument('--adapt_steps', type=int, default=0)
+  a = sub.add_parser('select')
+  a.add_argument('--method', required=True)
+  a.add_argument('--candidates', required=True, help='JSON list of {"section.field": value} settings')
+  a.add_argument('--data', required=True)
+  a.add_argument('--weights', required=True)
+  a.add_argument('--workdir', required=True)
+  a.add_argument('--episodes', type=int, default=100)
   args = p.parse_args()
-  {'prepare': prepare, 'blocks': blocks}[args.cmd](args)
+  {'select': select, 'prepare': prepare, 'blocks': blocks, 'run': run}[args.cmd](args)

@@ -93,7 +93,7 @@ def create_train_state(model, config: ml_collections.ConfigDict) -> tuple[TrainS
   rng = jax.random.PRNGKey(config.seed)
   init_rng, rng = jax.random.split(rng)
   variables = jax.jit(lambda r: init_variables(model, config, r))(init_rng)
-  params = variables['params']
+  params = variables.get('params', {})  # (a method with no weights at all has no 'params')
   tx = make_optimizer(config, params)
   model_state = {c: variables.get(c, {}) for c in MODEL_COLLECTIONS}
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
@@ -116,5 +116,6 @@ def untrained_variables(model, config: ml_collections.ConfigDict, note=None) -> 
   """The evaluation variables of a training-free method: its pretrained backbone, nothing else
   (what a checkpoint gives a trained method)."""
   state, _ = create_train_state(model, config)
-  state = with_pretrained(state, config, note=note)
+  if config.model.get('pretrained'):  # (a method with no backbone, e.g. a trivial baseline, has none)
+    state = with_pretrained(state, config, note=note)
   return {'params': state.params, **state.model_state}

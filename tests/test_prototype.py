@@ -28,6 +28,8 @@ def _config(tfds_dir, model, **fields):
   with config.unlocked():
     config.model.backbone = 'dinov2_golden14'
     config.model.pretrained = FILE
+    if model == 'prototype':  # its default reads block 10 of a 12-block ViT; this one has 4
+      config.model.vit_blocks, config.model.vit_norm = None, True
     for key, value in fields.items():
       config.model[key] = value
   return config
@@ -148,6 +150,7 @@ def test_evaluate_runs_prototype_with_no_checkpoint_and_train_refuses_it_in_one_
   workdir = tmp_path / 'absent' / 'w'
   common = ['--config', os.path.join(ROOT, 'configs', 'default.py') + ':model=prototype',
             '--config.model.backbone=dinov2_golden14', f'--config.model.pretrained={FILE}',
+            '--config.model.vit_blocks=1,2,3,4', '--config.model.vit_norm=True',
             f'--config.data.data_dir={tfds_dir}', '--config.data.builder_config=tiny',
             '--config.data.image_size=28', '--config.data.min_pixels=4', '--config.eval.num_episodes=8',
             '--config.eval.batch_size=4', f'--workdir={workdir}']
@@ -161,3 +164,33 @@ def test_evaluate_runs_prototype_with_no_checkpoint_and_train_refuses_it_in_one_
   assert 'prototype' in ev.stdout and 'mIoU' in ev.stdout
   reports = [f for f in os.listdir(workdir) if f.endswith('.json')]
   assert reports and 'pretrained' in reports[0]
+
+
+def test_predict_builds_prototype_from_its_config_in_the_api_and_the_command_line(tfds_dir, tmp_path):
+  from mmtjax.commands.predict import main
+  from mmtjax.predict import Predictor
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 255, (50, 40, 3), dtype=np.uint8)
+  image[10:40, 10:30] = (230, 40, 40)
+  mask = np.zeros((50, 40), np.uint8)
+  mask[10:40, 10:30] = 255
+  from configs import default
+  config = default.get_config('model=prototype')  # what the command line below builds
+  config.model.update(backbone='dinov2_golden14', pretrained=FILE, vit_blocks=None, vit_norm=True)
+  pred = Predictor.from_config(config).segment(image, [image], [mask])
+  assert pred.mask.shape == (50, 40) and set(np.unique(pred.mask)) <= {0, 1}
+  from PIL import Image
+  for name, array in (('s.png', image), ('m.png', mask)):
+    Image.fromarray(array).save(tmp_path / name)
+  out = tmp_path / 'q_mask.png'
+  cfg_file = tmp_path / 'golden_prototype.py'  # a user's own config file over configs/default.py
+  cfg_file.write_text('from configs import default\n\n\ndef get_config(arg=None):\n'
+                      '  c = default.get_config(arg)\n  c.model.vit_blocks, c.model.vit_norm = None, True\n'
+                      '  return c\n')
+  main(['--config', f'{cfg_file}:model=prototype', '--backbone', 'dinov2_golden14',
+        '--pretrained', FILE, '--support', f'{tmp_path / "s.png"}:{tmp_path / "m.png"}',
+        '--query', str(tmp_path / 's.png'), '--out', str(out)])
+  written = np.asarray(Image.open(out))
+  assert written.shape == (50, 40) and set(np.unique(written)) <= {0, 255}
+  # The same query through the API with the command line's config: the same mask.
+  np.testing.assert_array_equal(written > 0, pred.mask > 0)

@@ -84,8 +84,10 @@ class PrototypeMethod(Method):
   trainable = False
 
   def config(self, variant: str = 'paper') -> dict:
-    # The same network for both variants: a frozen DINOv2 ViT-S/14; the stage it reads was
-    # chosen on CamVid's validation split (docs/assumptions.md, "Real images").
+    # The same network for both variants: a frozen DINOv2 ViT-S/14 read at block 10 of 12, raw
+    # (no final norm): the best of blocks 6-12, normed or raw, and of combinations of blocks 8-10
+    # on CamVid's validation split (docs/assumptions.md, "Real images"). A deeper ViT needs
+    # its own model.vit_blocks (e.g. ViT-L/14: (6, 12, 18, 20)).
     del variant
     return {'model': dict(
         name=self.name,
@@ -95,7 +97,7 @@ class PrototypeMethod(Method):
         freeze_backbone=True,
         pretrained=ml_collections.config_dict.placeholder(str),  # Meta's DINOv2/v3 .pth (or a CNN's)
         attention='fused',
-        **backbones.readout_fields(),
+        **{**backbones.readout_fields(), 'vit_blocks': (3, 6, 9, 10), 'vit_norm': False},
         feature_stages=('layer4',),
         cosine_scale=20.0,
     )}
