@@ -230,10 +230,11 @@ def _register_trivial() -> None:
 PROTOTYPE = {}
 TRAIN = {'train.num_steps': 300, 'train.batch_size': 4, 'train.lr': 1e-3, 'train.warmup_steps': 20,
          'train.eval_every': 0, 'train.log_every': 50, 'train.checkpoint_every': 300, 'train.log_panels': 0}
-METHODS = {  # method -> its fields (model section), beside TRAIN
-    'baseline': {},
-    'mmt': {},
-    'mmnet': {},
+_READ = {'model.vit_blocks': (3, 6, 9, 10), 'model.vit_norm': False}  # layer3 = block 9, layer4 = block 10, raw
+METHODS = {  # method -> its fields, beside TRAIN (select: docs/assumptions.md "Real images")
+    'baseline': {**_READ, 'model.feature_stages': ('layer3', 'layer4'), 'model.memory_stage': 'layer4'},
+    'mmt': {**_READ, 'model.feature_stages': ('layer3', 'layer4'), 'model.memory_stage': 'layer3'},
+    'mmnet': {**_READ, 'model.prior_stage': 'layer4'},
 }
 
 
@@ -291,22 +292,24 @@ def run(args) -> None:
     if name not in only:
       continue
     t = time.time()
-    for seed in args.seeds:
+    seeds = args.method_seeds.get(name, args.seeds)
+    for seed in seeds:
       cfg = _config(name, 1, args.data, args.weights, **TRAIN, **fields, seed=seed)
       train_lib.train(cfg, os.path.join(args.workdir, name, str(seed)))
     timing[f'{name} training'] = time.time() - t
     t = time.time()
     cfg = _config(name, 1, args.data, args.weights, **TRAIN, **fields)
     where = os.path.join(args.workdir, name, '{seed}')
-    rows += _rows(_sweep(cfg, where, args, args.shots, seeds=args.seeds), label=None)
+    rows += _rows(_sweep(cfg, where, args, args.shots, seeds=seeds), label=None)
     if args.adapt_steps:
-      rows += _rows(_sweep(cfg, where, args, [5], seeds=args.seeds, adapt_steps=args.adapt_steps))
+      rows += _rows(_sweep(cfg, where, args, [5], seeds=seeds, adapt_steps=args.adapt_steps))
     timing[f'{name} evaluation'] = time.time() - t
     print(f'{name}: {timing[f"{name} training"]:.0f} s training, {timing[f"{name} evaluation"]:.0f} s evaluation',
           flush=True)
   wall = time.time() - t0
   result = {'rows': rows, 'timing_s': timing, 'wall_s': wall, 'device': _device(), 'command': ' '.join(sys.argv),
-            'weights': args.weights, 'image_size': IMAGE_SIZE, 'episodes': args.episodes, 'seeds': args.seeds}
+            'weights': args.weights, 'image_size': IMAGE_SIZE, 'episodes': args.episodes, 'seeds': args.seeds,
+            'method_seeds': args.method_seeds}
   _write(args.workdir, 'real_images.json', result)
   print(table(result))
 
@@ -356,6 +359,8 @@ if __name__ == '__main__':
   a.add_argument('--seeds', type=lambda v: [int(x) for x in v.split(',')], default=[0, 1, 2])
   a.add_argument('--episodes', type=int, default=100)
   a.add_argument('--adapt_steps', type=int, default=0)
+  a.add_argument('--method_seeds', type=json.loads, default={},
+                 help='JSON {method: [seeds]} where a method trains other seeds than --seeds')
   a = sub.add_parser('select')
   a.add_argument('--method', required=True)
   a.add_argument('--candidates', required=True, help='JSON list of {"section.field": value} settings')

@@ -68,6 +68,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
       (d.get('protocol') in (None, *protocols.PROTOCOLS),
        f'data.protocol must be one of {protocols.PROTOCOLS} (or unset: the test dataset\'s own)'),
   ]
+  from mmtjax.models import backbones, vit
+  backbone = config.model.get('backbone', '')
+  if backbones.is_vit(backbone):
+    patch = vit.SPECS[backbone].patch
+    grid = max(1, round(d.image_size / patch))
+    checks.append((grid >= 4, f'data.image_size {d.image_size} gives {backbone} a {grid} x {grid} grid of '
+                              f'{patch} px patches; a ViT needs at least 4 x 4: set data.image_size >= {4 * patch}'))
   pretrained = config.model.get('pretrained')
   checks.append((not pretrained or os.path.exists(os.path.expanduser(pretrained)),
                  f'model.pretrained {pretrained} does not exist; give the path of a weights file (DINOv2: '

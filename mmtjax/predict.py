@@ -166,7 +166,12 @@ class Predictor:
       if mask.all():
         full.append(k)
       if image.shape[:2] != mask.shape:
-        raise UserError(f'support {k}: image {image.shape[:2]} and mask {mask.shape} differ in size')
+        from mmtjax.data.builders.raw import same_aspect  # noqa: PLC0415
+        if not same_aspect(image.shape[:2], mask.shape):
+          raise UserError(f'support {k}: image {image.shape[:2]} and mask {mask.shape} differ in size (and in '
+                          f'aspect ratio)')
+        # The same picture at another scale (Weizmann horses' masks): the image takes the mask's size.
+        image = np.asarray(Image.fromarray(image).resize(mask.shape[::-1], Image.BICUBIC))
       im, lab, _ = self._prepare(image, mask)
       shots_img.append(im)
       shots_lab.append(lab)

@@ -32,8 +32,9 @@ from mmtjax import (
 from mmtjax.data import datasets, pipeline, protocols
 from mmtjax.data.episodes import EpisodeSampler
 from mmtjax.errors import DivergedError, Terminated, UserError, warn
-from mmtjax.models import get_model
+from mmtjax.models import backbones, get_model
 from mmtjax.state import (
+    backbone_frozen,
     create_train_state,
     learning_rate_schedule,
     trainable_labels,
@@ -324,6 +325,9 @@ def _train(config, workdir, *, devices, stop_after_steps) -> TrainResult:
   elif config.model.get('pretrained'):
     state = with_pretrained(state, config, note=say)
     say(f'backbone weights from {config.model.pretrained}')
+  elif backbones.is_vit(config.model.get('backbone', '')) and backbone_frozen(config.model):
+    warn(f'{config.model.backbone} is frozen (model.freeze_backbone) but has no pretrained weights: training '
+         f'runs on a random backbone; give --config.model.pretrained=PATH (README: Foundation backbones)')
   start = int(state.step)
   _truncate_metrics(workdir, start)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))

@@ -633,3 +633,25 @@ def test_the_episodes_command_lists_the_evaluations_episodes_without_flags(tmp_p
                  str(tmp_path / 'tfds'), '--out', str(tmp_path / 'list.jsonl')])
   assert f'(sha256 {episodes.list_sha256(lines)})' in capsys.readouterr().out
   assert len(lines) == 300 and {ln['class_name'] for ln in lines} == {'ant'}  # fold 0's test class
+
+
+def test_folder_resizes_an_image_to_its_mask_at_another_scale(tmp_path, capsys):
+  """Weizmann horses' layout: the photos are at another scale than their masks (same aspect
+  ratio). Such an image is resized to its mask and counted in one line; a mask of another aspect
+  ratio is still skipped as 'of another size'."""
+  root = tmp_path / 'horses'
+  _folder_tree(root, classes=('cat', 'horse'))
+  for i in range(2):  # masks at half the image's 20 x 28
+    m = np.zeros((10, 14), np.uint8)
+    m[2:8, 3:10] = 255
+    _mask(str(root / 'horse' / f'img{i}_mask.png'), m)
+  _image(str(root / 'horse' / 'odd.png'), 20, 28)
+  _mask(str(root / 'horse' / 'odd_mask.png'), np.full((10, 10), 255, np.uint8))  # another aspect ratio
+  data = _data('folder', tmp_path, root)
+  split = datasets.load_split(data, 'images', training=False)
+  records = [split.source[i] for i in range(len(split.source))]
+  small = [r for r in records if transforms.decode_image(r['label'], 'x').shape == (10, 14)]
+  assert len(small) == 2 and all(transforms.decode_image(r['image'], 'x').shape[:2] == (10, 14) for r in small)
+  text = ' '.join(capsys.readouterr().err.splitlines())
+  assert '2 masks: at another scale than their image (same aspect ratio): the image was resized' in text
+  assert f"skipped 1 masks of another size than their image (first: {root / 'horse' / 'odd.png'})" in text

@@ -28,6 +28,7 @@ def _config(tfds_dir, model, **fields):
   with config.unlocked():
     config.model.backbone = 'dinov2_golden14'
     config.model.pretrained = FILE
+    config.data.image_size = 56  # 4 x 4 patches of 14, the least a ViT takes
     if model == 'prototype':  # its default reads block 10 of a 12-block ViT; this one has 4
       config.model.vit_blocks, config.model.vit_norm = None, True
     for key, value in fields.items():
@@ -152,7 +153,7 @@ def test_evaluate_runs_prototype_with_no_checkpoint_and_train_refuses_it_in_one_
             '--config.model.backbone=dinov2_golden14', f'--config.model.pretrained={FILE}',
             '--config.model.vit_blocks=1,2,3,4', '--config.model.vit_norm=True',
             f'--config.data.data_dir={tfds_dir}', '--config.data.builder_config=tiny',
-            '--config.data.image_size=28', '--config.data.min_pixels=4', '--config.eval.num_episodes=8',
+            '--config.data.image_size=56', '--config.data.min_pixels=4', '--config.eval.num_episodes=8',
             '--config.eval.batch_size=4', f'--workdir={workdir}']
   train = _cli([os.path.join(ROOT, 'train.py'), *common], {}, str(tmp_path))
   assert train.returncode == 2, train.stderr
@@ -194,3 +195,25 @@ def test_predict_builds_prototype_from_its_config_in_the_api_and_the_command_lin
   assert written.shape == (50, 40) and set(np.unique(written)) <= {0, 255}
   # The same query through the API with the command line's config: the same mask.
   np.testing.assert_array_equal(written > 0, pred.mask > 0)
+
+
+def test_a_truncated_weights_file_says_it_is_incomplete(tmp_path):
+  path = tmp_path / 'dinov2_vits14_pretrain.pth'
+  with open(FILE, 'rb') as f:  # Meta's zip archive, cut as an interrupted download leaves it
+    path.write_bytes(f.read()[:5000])
+  with pytest.raises(torch_pth.WeightsError, match='damaged or incomplete') as err:
+    torch_pth.load_state_dict(str(path))
+  assert '\n' not in str(err.value)
+
+
+def test_a_vit_image_size_under_four_patches_and_a_missing_weights_file_are_one_line_each(tfds_dir):
+  from mmtjax import config_lib
+  from mmtjax.errors import UserError
+  config = _config(tfds_dir, 'prototype')
+  config.data.image_size = 42
+  with pytest.raises(UserError, match='3 x 3 grid of 14 px patches; a ViT needs at least 4 x 4'):
+    config_lib.validate(config)
+  config.data.image_size = 56
+  config.model.pretrained = '~/no/such/dinov2_vits14_pretrain.pth'
+  with pytest.raises(UserError, match='model.pretrained ~/no/such/dinov2_vits14_pretrain.pth does not exist'):
+    config_lib.validate(config)

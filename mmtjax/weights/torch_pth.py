@@ -205,6 +205,11 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
   """name -> numpy array of a PyTorch checkpoint; unwraps {'state_dict': ...} and 'module.'."""
   if not os.path.isfile(path):
     raise WeightsError(f'weights file {path} does not exist (model.pretrained)')
+  with open(path, 'rb') as f:
+    head = f.read(4)
+  if head == b'PK\x03\x04' and not zipfile.is_zipfile(path):  # torch.save's zip, without its directory
+    raise WeightsError(f'{path} is damaged or incomplete: it starts as the zip archive torch.save writes but '
+                       f'its end is missing (an interrupted download or copy?); download it again')
   try:
     obj = _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
   except WeightsError:
@@ -212,7 +217,8 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
   except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError, IndexError,
           struct.error, zipfile.BadZipFile, OverflowError, MemoryError) as e:
     detail = ' '.join(str(e).split())[:200]
-    raise WeightsError(f'{path} is not a readable PyTorch state dict: {type(e).__name__}: {detail}') from e
+    raise WeightsError(f'{path} is damaged or not a PyTorch state dict ({type(e).__name__}: {detail}); '
+                       f'download it again or check the path') from e
   if isinstance(obj, dict) and 'state_dict' in obj and isinstance(obj['state_dict'], dict):
     obj = obj['state_dict']
   if not isinstance(obj, dict):

@@ -175,7 +175,10 @@ def file_item(key: str, image_path: str, label_fn: Callable[[], Mask], *,
   build with RawDataError; an existing but undecodable one (a zero-byte or
   truncated file) and a mask of another size than its image are skipped and
   listed in the build report. (A mask of another size usually belongs to
-  another image, so it is not resized.)
+  another image, so it is not resized.) The exception: a mask at another
+  scale of the same picture (the same aspect ratio, to a pixel: Weizmann
+  horses' photos and masks), whose image is resized to the mask (bicubic,
+  stored as PNG) and counted in the build report.
   """
 
   def load():
@@ -185,11 +188,23 @@ def file_item(key: str, image_path: str, label_fn: Callable[[], Mask], *,
       data = f.read()
     image = transforms.decode_image(data, image_path)
     mask = label_fn()
+    issues = mask.issues
     if image.shape[:2] != mask.values.shape:
-      raise UserError(f'{image_path}: image {image.shape[:2]} and mask {mask.values.shape} differ in size')
-    return [Example(key, data, mask.values, binary, class_id, mask.issues, id)]
+      if not same_aspect(image.shape[:2], mask.values.shape):
+        raise UserError(f'{image_path}: image {image.shape[:2]} and mask {mask.values.shape} differ in size')
+      h, w = mask.values.shape
+      data = transforms.encode_png(np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC)))
+      issues = (*issues, 'at another scale than their image (same aspect ratio): the image was resized to the mask')
+    return [Example(key, data, mask.values, binary, class_id, issues, id)]
 
   return Item(image_path, load)
+
+
+def same_aspect(image_hw: tuple[int, int], mask_hw: tuple[int, int]) -> bool:
+  """Whether the image, scaled to the mask's width and to its height, lands within a pixel of
+  the mask's size: the same picture at another scale."""
+  (hi, wi), (hm, wm) = image_hw, mask_hw
+  return abs(hi * wm / wi - hm) <= 1.0 and abs(wi * hm / hi - wm) <= 1.0
 
 
 def _missing(root: str, rel: tuple[str, ...]) -> list[str]:
@@ -424,7 +439,7 @@ def write_report(builder: RawBuilder) -> None:
     for kind, (n, first) in r.get('skipped', {}).items():
       warn(f'{builder.name}/{split}: skipped {n} {kind} (first: {first}); build report: {path}')
     for note in r['notes']:
-      if 'skipped' in note or 'unknown label value' in note or 'not in the palette' in note:
+      if any(w in note for w in ('skipped', 'unknown label value', 'not in the palette', 'image was resized')):
         # e.g. the folder builder's images without a mask file, a class list shorter than the masks
         warn(f'{builder.name}/{split}: {note}; build report: {path}')
     log = logging.warning if r['skipped_corrupt'] else logging.info
