@@ -93,6 +93,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     if os.environ.get('MMTJAX_TRACEBACK', '') not in ('', '0'):
       raise
     fail(_config_error(e, argv))
+  if len(rest) > 1:  # A stray word: absl would print the whole help; one line names it.
+    fail(f'unexpected argument {rest[1]!r}: every option is --name=value, and a list takes no spaces '
+         f'(e.g. --shots=1,5)')
   if not flags.FLAGS['verbosity'].present:
     absl_logging.set_verbosity(absl_logging.WARNING)
     quiet_libraries()

@@ -306,3 +306,13 @@ def test_progress_meter_rate_leaves_out_the_first_unit():
   # nothing for 20 s, and nothing once all is done.
   assert said == ['eval x: 20/100 episodes, 2.0 episodes/s, ETA 0m40s']
   assert progress.duration(3725) == '1h02m' and progress.duration(61) == '1m01s'
+
+
+@pytest.mark.parametrize('command,extra', [('train.py', ['stray']), ('evaluate.py', ['--shots', '1,', '5'])])
+def test_a_stray_word_on_the_command_line_is_one_line(tmp_path, command, extra):
+  workdir = tmp_path / 'w'
+  out = _cli(command, '--config', 'configs/default.py', f'--workdir={workdir}', *extra, timeout=120)
+  lines = [x for x in out.stderr.splitlines() if x.strip()]
+  assert out.returncode == 2 and len(lines) == 1, out.stderr
+  assert lines[0].startswith(f"error: unexpected argument '{extra[-1]}'"), lines
+  assert not workdir.exists()
