@@ -1,5 +1,6 @@
 r"""Evaluates a checkpoint on fixed, seeded test episodes: one dataset, or a sweep.
 
+  python evaluate.py --workdir /tmp/mmt     # the run's own config, as its checkpoint stored it
   python evaluate.py --config configs/default.py --workdir /tmp/mmt
   python evaluate.py --config configs/default.py --workdir /tmp/mmt --step 400 --save_predictions 8
   python evaluate.py --config configs/default.py --workdir /tmp/mmt --best --shots 1,5 --seeds 0,1,2
@@ -8,6 +9,11 @@ r"""Evaluates a checkpoint on fixed, seeded test episodes: one dataset, or a swe
   python evaluate.py --config configs/default.py --workdir 'runs/mmt_seed{seed}' --seeds 0,1,2
   python evaluate.py --config configs/default.py --workdir /tmp/mmt --datasets horse=folder,ph2=folder \
       --manual_dir horse=~/data/horse --manual_dir ph2=~/data/PH2
+
+Without --config, a run is evaluated with the config it was trained with
+(its data, class list, options and image size included); with --config,
+that config is used, and data fields that differ from the run's are named
+in one warning line. A training-free method (model=prototype) needs --config.
 
 --datasets / --suite (patnet: Deepglobe, ISIC2018, Chest X-ray, FSS-1000)
 test on each dataset with its published protocol; --seeds set the test
@@ -48,7 +54,7 @@ _MANUAL_DIR = flags.DEFINE_multi_string('manual_dir', [], 'NAME=PATH: the raw fi
                                         'built yet, NAME a dataset or a --datasets label (repeatable).')
 _SAVE_PREDICTIONS = flags.DEFINE_integer('save_predictions', 0, 'Write PNG panels of the first N test '
                                          'episodes per dataset, shot and eval mode.')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['workdir'])
 
 
 def _integers(values, flag: str) -> list[int] | None:
@@ -70,6 +76,28 @@ def _manual_dirs(values) -> dict[str, str]:
   return out
 
 
+def _config():
+  """--config, or the run's own; a given config's data fields that differ from the run's are
+  named in one warning line."""
+  import os
+
+  from mmtjax import checkpointing, eval_lib
+  from mmtjax.errors import warn
+  seeds = _integers(_SEEDS.value, 'seeds')
+  workdir = _WORKDIR.value.format(seed=seeds[0]) if '{seed}' in _WORKDIR.value and seeds else _WORKDIR.value
+  if _CONFIG.value is None:
+    if '{seed}' in _WORKDIR.value and not seeds:
+      raise UserError(f'--workdir {_WORKDIR.value} holds {{seed}}: give the training seeds with --seeds, e.g. 0,1,2')
+    return eval_lib.run_config(workdir, best=_BEST.value, step=_STEP.value)
+  config = _CONFIG.value
+  if os.path.isdir(os.path.join(workdir, checkpointing.SUBDIR)):
+    diffs = eval_lib.data_differences(config, eval_lib.run_config(workdir, step=_STEP.value).to_dict())
+    if diffs:
+      warn(f'--config differs from the data the run in {workdir} was trained with: {"; ".join(diffs)} '
+           f'(python evaluate.py --workdir {_WORKDIR.value} alone uses the run\'s own config)')
+  return config
+
+
 def _run():
   from mmtjax.eval_lib import sweep  # Here, not at the top: --help and flag errors answer without JAX.
   if _SUITE.value and _DATASETS.value:
@@ -77,7 +105,7 @@ def _run():
   names = list(reports.SUITES[_SUITE.value]) if _SUITE.value else _DATASETS.value
   if _SAVE_PREDICTIONS.value < 0:
     raise UserError('--save_predictions must be >= 0')
-  return sweep(_CONFIG.value, _WORKDIR.value, test_datasets=names, shots=_integers(_SHOTS.value, 'shots'),
+  return sweep(_config(), _WORKDIR.value, test_datasets=names, shots=_integers(_SHOTS.value, 'shots'),
                seeds=_integers(_SEEDS.value, 'seeds'), manual_dirs=_manual_dirs(_MANUAL_DIR.value),
                step=_STEP.value, best=_BEST.value, output=_OUTPUT.value,
                save_predictions=_SAVE_PREDICTIONS.value, label=_SUITE.value)

@@ -480,6 +480,40 @@ def _restore(workdir: str, config, best: bool, step: int | None):
   return step, model, parallel.eval_variables(state)
 
 
+def run_config(workdir: str, *, best: bool = False, step: int | None = None) -> ml_collections.ConfigDict:
+  """The config a run was trained with, as its checkpoint (latest, `step`, or the best) stored it:
+  what `python evaluate.py --workdir W` evaluates when no --config is given."""
+  subdir = checkpointing.BEST_SUBDIR if best else checkpointing.SUBDIR
+  where = os.path.join(workdir, subdir)
+  if not os.path.isdir(where):
+    raise checkpointing.CheckpointError(f'no checkpoints in {workdir} (expected {where}); a training-free '
+                                        f'method (model=prototype) needs --config')
+  ckpts = checkpointing.Checkpoints(workdir, create=False, subdir=subdir)
+  try:
+    steps = ckpts.all_steps()
+    chosen = (steps[-1] if steps else None) if step is None else step
+    if chosen not in steps:
+      raise checkpointing.CheckpointError(f'no checkpoint for step {step} in {where}; available: {steps}')
+    return ml_collections.ConfigDict(ckpts.saved_config(chosen))
+  finally:
+    ckpts.close()
+
+
+def data_differences(config: ml_collections.ConfigDict, saved: dict) -> list[str]:
+  """'data.FIELD: RUN -> GIVEN' for each data field (the run's own dataset: its files, options,
+  classes, size) where a given config differs from the one the run was trained with."""
+  def flat(d, prefix='data'):
+    out = {}
+    for k, v in (d or {}).items():
+      out.update(flat(v, f'{prefix}.{k}') if isinstance(v, dict) else {f'{prefix}.{k}': v})
+    return out
+  mine, theirs = flat(checkpointing.config_to_dict(config).get('data')), flat(saved.get('data'))
+  skip = {'data.shot', 'data.num_workers', 'data.data_dir', 'data.test_dataset', 'data.test_manual_dir',
+          'data.test_split', 'data.protocol', 'data.test_semantic', 'data.fold_list'}
+  return [f'{k}: {theirs.get(k)!r} in the run, {mine.get(k)!r} here' for k in sorted(set(mine) | set(theirs))
+          if k not in skip and not any(k.startswith(s + '.') for s in skip) and mine.get(k) != theirs.get(k)]
+
+
 def _parse_seeds(seeds, protocol_seed: int) -> list[int]:
   return list(seeds) if seeds else [protocol_seed]
 

@@ -173,7 +173,8 @@ def test_resumed_events_drop_steps_past_the_checkpoint(tmp_path):
 def test_evaluate_cli_names_datasets_not_built_in_one_line(tfds_dir, trained_workdir):
   cmd = [sys.executable, 'evaluate.py', '--config', 'configs/default.py', '--workdir', trained_workdir,
          f'--config.data.data_dir={tfds_dir}', '--config.data.builder_config=tiny', '--config.data.image_size=32',
-         '--config.model.embed_dim=16', '--config.memory.num_items=4', '--suite', 'patnet']
+         '--config.data.min_pixels=4', '--config.model.embed_dim=16', '--config.memory.num_items=4',
+         '--suite', 'patnet']
   out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=300)
   assert out.returncode == 2
   lines = out.stderr.strip().splitlines()
@@ -246,3 +247,25 @@ def test_several_own_folders_in_one_sweep(tfds_dir, trained_workdir, tmp_path):
   assert {r['dataset'] for r in report['summary']} == {'horse', 'ph2', 'mean'}
   with pytest.raises(UserError, match="test dataset 'folder' is named twice; label each one"):
     eval_lib.sweep(config, trained_workdir, test_datasets=['folder', 'folder'])
+
+
+def test_evaluate_with_the_workdir_alone_uses_the_runs_own_config(tfds_dir, trained_workdir, tmp_path):
+  """`evaluate.py --workdir W` evaluates the run on its own data (the checkpoint's config); the
+  same run with a --config that leaves out one of its data fields is named in one warning line."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  own = subprocess.run([sys.executable, 'evaluate.py', '--workdir', trained_workdir,
+                        '--output', str(tmp_path / 'own.json')], capture_output=True, text=True, env=env, timeout=300)
+  assert own.returncode == 0, own.stderr[-2000:]
+  assert not [ln for ln in own.stderr.splitlines() if ln.startswith('warning: --config differs')]
+  given = subprocess.run(
+      [sys.executable, 'evaluate.py', '--config', 'configs/default.py', '--workdir', trained_workdir,
+       f'--config.data.data_dir={tfds_dir}', '--config.data.builder_config=tiny', '--config.data.image_size=32',
+       '--config.model.embed_dim=16', '--config.memory.num_items=4', '--config.eval.num_episodes=12',
+       '--config.eval.batch_size=4', '--output', str(tmp_path / 'given.json')],
+      capture_output=True, text=True, env=env, timeout=300)
+  assert given.returncode == 0, given.stderr[-2000:]
+  warned = [ln for ln in given.stderr.splitlines() if ln.startswith('warning: --config differs')]
+  assert len(warned) == 1 and 'data.min_pixels: 4 in the run, 48 here' in warned[0], given.stderr
+  with open(tmp_path / 'own.json') as f:
+    report = json.load(f)
+  assert report['config']['data']['min_pixels'] == 4 and report['num_episodes'] == 12
