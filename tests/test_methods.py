@@ -130,4 +130,4 @@ def test_a_bad_config_field_is_still_one_line(tmp_path):
                         '--config.model.name=nope'], cwd=ROOT, capture_output=True, text=True,
                        env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=120)
   assert out.returncode == 2
-  assert out.stderr.strip().splitlines() == ["error: unknown model 'nope'; choose from ('mmt', 'baseline', 'mmnet')"]
+  assert out.stderr.strip().splitlines() == ["error: unknown model 'nope'; choose from ('mmt', 'baseline', 'mmnet', 'prototype')"]

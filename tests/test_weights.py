@@ -229,9 +229,8 @@ def test_vgg16_bn_layer_indices_follow_torchvision():
 
 
 def test_training_starts_from_the_pretrained_backbone(tfds_dir, tmp_path):
-  from mmtjax import train_lib
   from mmtjax.models import get_model
-  from mmtjax.state import create_train_state
+  from mmtjax.state import create_train_state, with_pretrained
   from tests.conftest import tiny_config
   config = tiny_config(tfds_dir)
   state, _ = create_train_state(get_model(config), config)
@@ -239,7 +238,7 @@ def test_training_starts_from_the_pretrained_backbone(tfds_dir, tmp_path):
                                   'batch_stats': state.model_state['batch_stats']['encoder']})
   config.model.pretrained = str(tmp_path / 'tiny.pth')
   write_pth(config.model.pretrained, torch_state)
-  loaded = train_lib._load_pretrained(jax.device_get(state), config)
+  loaded = with_pretrained(jax.device_get(state), config)
   np.testing.assert_array_equal(loaded.params['encoder']['stages_1']['BasicBlock_0']['Conv_0']['kernel'],
                                 np.transpose(torch_state['layer1.0.conv1.weight'], (2, 3, 1, 0)))
   assert set(loaded.params) == set(state.params)
@@ -252,7 +251,7 @@ def test_training_starts_from_the_pretrained_backbone(tfds_dir, tmp_path):
 def test_backbone_from_another_mmtjax_run(tfds_dir, tmp_path):
   from mmtjax import checkpointing, train_lib
   from mmtjax.models import get_model
-  from mmtjax.state import create_train_state
+  from mmtjax.state import create_train_state, with_pretrained
   from tests.conftest import tiny_config
   source = tiny_config(tfds_dir)  # an MMT run ...
   train_lib.train(source, str(tmp_path / 'mmt'), stop_after_steps=1)
@@ -260,7 +259,7 @@ def test_backbone_from_another_mmtjax_run(tfds_dir, tmp_path):
   config = tiny_config(tfds_dir, 'model=mmnet')  # ... gives its backbone to MM-Net
   config.model.pretrained = str(tmp_path / 'mmt')
   state, _ = create_train_state(get_model(config), config)
-  loaded = train_lib._load_pretrained(jax.device_get(state), config)
+  loaded = with_pretrained(jax.device_get(state), config)
   for got, want in zip(jax.tree.leaves(loaded.params['encoder']), jax.tree.leaves(saved['params']['encoder'])):
     np.testing.assert_array_equal(got, want)
   np.testing.assert_array_equal(loaded.model_state['batch_stats']['encoder']['stages_0']['BatchNorm_0']['mean'],

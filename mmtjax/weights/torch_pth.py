@@ -217,8 +217,8 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
   except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError, IndexError,
           struct.error, zipfile.BadZipFile, OverflowError, MemoryError) as e:
     detail = ' '.join(str(e).split())[:200]
-    raise WeightsError(f'{path} is damaged or not a PyTorch state dict ({type(e).__name__}: {detail}); '
-                       f'download it again or check the path') from e
+    raise WeightsError(f'{path} is not a readable PyTorch state dict: damaged, incomplete or another kind of file '
+                       f'({type(e).__name__}: {detail}); download it again or check the path') from e
   if isinstance(obj, dict) and 'state_dict' in obj and isinstance(obj['state_dict'], dict):
     obj = obj['state_dict']
   if not isinstance(obj, dict):
