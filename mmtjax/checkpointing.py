@@ -98,6 +98,14 @@ class Checkpoints:
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
+  def chosen_step(self, step: int | None = None) -> int:
+    """`step` if this directory holds it, else (None) the latest; CheckpointError otherwise."""
+    steps = self.all_steps()
+    chosen = (steps[-1] if steps else None) if step is None else step
+    if chosen not in steps:
+      raise CheckpointError(f'no checkpoint for step {step} in {self.directory}; available: {steps}')
+    return chosen
+
   def save(self, step: int, state: Any, config: ml_collections.ConfigDict,
            metrics: dict | None = None) -> None:
     """Starts an asynchronous save of host `state`; a previous save is finished first.

@@ -490,11 +490,7 @@ def run_config(workdir: str, *, best: bool = False, step: int | None = None) -> 
                                         f'method (model=prototype) needs --config')
   ckpts = checkpointing.Checkpoints(workdir, create=False, subdir=subdir)
   try:
-    steps = ckpts.all_steps()
-    chosen = (steps[-1] if steps else None) if step is None else step
-    if chosen not in steps:
-      raise checkpointing.CheckpointError(f'no checkpoint for step {step} in {where}; available: {steps}')
-    return ml_collections.ConfigDict(ckpts.saved_config(chosen))
+    return ml_collections.ConfigDict(ckpts.saved_config(ckpts.chosen_step(step)))
   finally:
     ckpts.close()
 

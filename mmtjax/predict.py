@@ -117,10 +117,7 @@ class Predictor:
       raise checkpointing.CheckpointError(f'no checkpoints in {workdir} (expected {where})')
     ckpts = checkpointing.Checkpoints(workdir, create=False, subdir=subdir)
     try:
-      available = ckpts.all_steps()
-      step = (available[-1] if available else None) if step is None else step
-      if step not in available:
-        raise checkpointing.CheckpointError(f'no checkpoint for step {step} in {where}; available: {available}')
+      step = ckpts.chosen_step(step)
       config = ml_collections.ConfigDict(ckpts.saved_config(step))
       datasets.resolve(config, training=False)
       template, _ = create_train_state(get_model(config, axis_name=None), config)
