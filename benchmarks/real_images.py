@@ -119,11 +119,18 @@ def _config(method: str, shot: int, data: str, weights: str, **fields):
   return c
 
 
-def _validation_miou(config, variables=None, episodes: int = 100) -> float:
-  """1-shot mIoU on CamVid's validation split (seen classes; never a target) of a training-free
-  method (variables None) or of given host variables; the first eval mode."""
+def _validation_miou(config, variables=None, episodes: int = 100, classes: str = 'seen',
+                     adapt_steps: int = 0) -> float:
+  """1-shot mIoU on CamVid's validation split (never a target) of a training-free method
+  (variables None) or of given host variables; the first eval mode. `classes`: 'seen' (the
+  classes the methods train on) or 'unseen' (Tree, Car, Pedestrian on the validation images:
+  what generalising to classes never trained on asks; the camvid_unseen target reads the test
+  images)."""
+  import dataclasses
+
   from mmtjax import eval_lib, methods, parallel
   from mmtjax.data import datasets, protocols
+  from mmtjax.data import episodes as episodes_lib
   from mmtjax.models import get_model
   from mmtjax.state import untrained_variables
   datasets.resolve(config, training=True)
@@ -131,11 +138,30 @@ def _validation_miou(config, variables=None, episodes: int = 100) -> float:
   if variables is None:
     variables = untrained_variables(model, config)
   split = datasets.load_split(config.data, config.data.val_split, training=False)
+  if classes == 'unseen':
+    index = episodes_lib.cached_class_index(split.source, split.cache_dir, split.name, config.data.min_pixels,
+                                            config.data.image_size)
+    novel = tuple(split.class_names.index(n) + 1 for n in UNSEEN.split(','))
+    split = dataclasses.replace(split, index={c: index[c] for c in novel if c in index}, classes=novel)
   protocol = protocols.Protocol('validation', episodes, config.eval.seed + 1, config.data.image_size, 'square')
-  mode, kwargs = next(iter(methods.for_config(config).eval_modes.items()))
+  method = methods.for_config(config)
+  mode, kwargs = next(iter(method.eval_modes.items()))
+  if adapt_steps:
+    from mmtjax import adapt
+    with config.unlocked():
+      config.eval.adapt.steps = adapt_steps
+    kwargs = (kwargs, adapt.from_config(config, method))
   report = eval_lib.evaluate_variables(model, parallel.replicate(variables), config, split,
                                        split_name=config.data.val_split, protocol=protocol, modes={mode: kwargs})
   return report['results'][mode]['miou']
+
+
+def _trained_variables(workdir: str):
+  """Host variables of the latest checkpoint of a training workdir."""
+  import jax
+
+  from mmtjax import predict
+  return jax.device_get(predict.Predictor.from_workdir(workdir).variables)
 
 
 def blocks(args) -> None:
@@ -232,8 +258,10 @@ TRAIN = {'train.num_steps': 300, 'train.batch_size': 4, 'train.lr': 1e-3, 'train
          'train.eval_every': 0, 'train.log_every': 50, 'train.checkpoint_every': 300, 'train.log_panels': 0}
 _READ = {'model.vit_blocks': (3, 6, 9, 10), 'model.vit_norm': False}  # layer3 = block 9, layer4 = block 10, raw
 METHODS = {  # method -> its fields, beside TRAIN (select: docs/assumptions.md "Real images")
-    'baseline': {**_READ, 'model.feature_stages': ('layer3', 'layer4'), 'model.memory_stage': 'layer4'},
-    'mmt': {**_READ, 'model.feature_stages': ('layer3', 'layer4'), 'model.memory_stage': 'layer3'},
+    'baseline': {**_READ, 'model.feature_stages': ('layer3', 'layer4'), 'model.memory_stage': 'layer4',
+                 'model.neck': 'residual'},
+    'mmt': {**_READ, 'model.feature_stages': ('layer3', 'layer4'), 'model.memory_stage': 'layer3',
+            'model.neck': 'residual'},
     'mmnet': {**_READ, 'model.prior_stage': 'layer4'},
 }
 
@@ -259,19 +287,48 @@ def _rows(report: dict, label: str | None = None, suffix: str = '') -> list[dict
 
 def select(args) -> None:
   """Trains `--method` (seed 0) under each candidate setting and scores it on CamVid's validation
-  split: the choices behind METHODS (never a target)."""
-  from mmtjax import parallel, train_lib
+  split, its seen and its unseen classes: the choices behind METHODS (never a target). With
+  `--trained`, scores existing training workdirs (one per candidate) instead of training."""
+  from mmtjax import train_lib
   rows = []
   for i, fields in enumerate(json.loads(args.candidates)):
     cfg = _config(args.method, 1, args.data, args.weights, **{**TRAIN, **fields})
+    where = args.trained[i] if args.trained else os.path.join(args.workdir, f'{args.method}_{i}')
     t = time.time()
-    result = train_lib.train(cfg, os.path.join(args.workdir, f'{args.method}_{i}'))
+    if not args.trained:
+      train_lib.train(cfg, where)
     train_s = time.time() - t
-    miou = _validation_miou(cfg, parallel.unreplicate(parallel.eval_variables(result.state)), args.episodes)
-    rows.append({'method': args.method, 'fields': fields, 'val_miou': miou, 'train_s': train_s})
-    print(f'{args.method} {fields}: val mIoU {miou:.2f} (training {train_s:.0f} s, '
-          f'{train_s / TRAIN["train.num_steps"]:.2f} s/step)', flush=True)
+    variables = _trained_variables(where)
+    miou = {c: _validation_miou(cfg, variables, args.episodes, c) for c in ('seen', 'unseen')}
+    rows.append({'method': args.method, 'fields': fields, 'workdir': where, 'val_miou': miou['seen'],
+                 'val_unseen_miou': miou['unseen'], 'train_s': train_s})
+    print(f"{args.method} {fields}: val mIoU seen {miou['seen']:.2f}, unseen {miou['unseen']:.2f} "
+          f'(training {train_s:.0f} s)', flush=True)
   _write(args.workdir, f'select_{args.method}.json', rows)
+
+
+def adaptation(args) -> None:
+  """Test-time adaptation steps for the 5-shot rows, chosen on CamVid's validation split (seen and
+  unseen classes) with the trained `--trained` workdir of `--method` (METHODS' settings)."""
+  rows = []
+  for steps in args.steps:
+    cfg = _config(args.method, args.shot, args.data, args.weights, **{**TRAIN, **METHODS[args.method]})
+    t = time.time()
+    miou = {c: _validation_miou(cfg, _trained_variables(args.trained), args.episodes, c, steps)
+            for c in ('seen', 'unseen')}
+    rows.append({'method': args.method, 'shot': args.shot, 'adapt_steps': steps, 'val_miou': miou['seen'],
+                 'val_unseen_miou': miou['unseen'], 's': time.time() - t})
+    print(f"{args.method} {args.shot}-shot, {steps} adaptation steps: val mIoU seen {miou['seen']:.2f}, "
+          f"unseen {miou['unseen']:.2f} ({time.time() - t:.0f} s)", flush=True)
+  _write(args.workdir, f'adaptation_{args.method}.json', rows)
+
+
+def floor(args) -> None:
+  """The training-free floor on the same validation episodes: prototype, seen and unseen classes."""
+  cfg = _config('prototype', 1, args.data, args.weights, **PROTOTYPE)
+  rows = {c: _validation_miou(cfg, None, args.episodes, c) for c in ('seen', 'unseen')}
+  print(f"prototype: val mIoU seen {rows['seen']:.2f}, unseen {rows['unseen']:.2f}", flush=True)
+  _write(args.workdir, 'floor.json', rows)
 
 
 def run(args) -> None:
@@ -368,5 +425,22 @@ if __name__ == '__main__':
   a.add_argument('--weights', required=True)
   a.add_argument('--workdir', required=True)
   a.add_argument('--episodes', type=int, default=100)
+  a.add_argument('--trained', type=lambda v: v.split(','), default=None,
+                 help='existing training workdirs, one per candidate: score them instead of training')
+  a = sub.add_parser('floor')
+  a.add_argument('--data', required=True)
+  a.add_argument('--weights', required=True)
+  a.add_argument('--workdir', required=True)
+  a.add_argument('--episodes', type=int, default=100)
+  a = sub.add_parser('adaptation')
+  a.add_argument('--method', required=True)
+  a.add_argument('--trained', required=True, help='a training workdir of --method with METHODS settings')
+  a.add_argument('--steps', type=lambda v: [int(x) for x in v.split(',')], default=[0, 5, 10])
+  a.add_argument('--shot', type=int, default=5)
+  a.add_argument('--data', required=True)
+  a.add_argument('--weights', required=True)
+  a.add_argument('--workdir', required=True)
+  a.add_argument('--episodes', type=int, default=100)
   args = p.parse_args()
-  {'select': select, 'prepare': prepare, 'blocks': blocks, 'run': run}[args.cmd](args)
+  {'select': select, 'prepare': prepare, 'blocks': blocks, 'run': run, 'floor': floor,
+   'adaptation': adaptation}[args.cmd](args)

@@ -176,17 +176,23 @@ def augment(key: jax.Array, image: jax.Array, mask: jax.Array, adaptation: Adapt
 
 
 def pseudo_episodes(key: jax.Array, support_images: jax.Array, support_labels: jax.Array, loss: str,
-                    adaptation: Adaptation) -> dict[str, jax.Array]:
+                    adaptation: Adaptation, support_features: dict | None = None) -> dict[str, jax.Array]:
   """The labelled pseudo-episodes of one episode's K supports ([K, h, w, 3], [K, h, w]).
 
-  'leave_one_out': K pseudo-episodes, support i the query of the other K - 1;
-  'augment': K pseudo-episodes, support i the query of an augmented copy of itself.
+  'leave_one_out': K pseudo-episodes, support i the query of the other K - 1 (with the
+  supports' cached backbone features {stage: [K, ...]}, when given, rearranged alike);
+  'augment': K pseudo-episodes, support i the query of an augmented copy of itself (new
+  images: the backbone runs on them).
   """
   k = support_images.shape[0]
   if loss == 'leave_one_out':
     others = jnp.array([[j for j in range(k) if j != i] for i in range(k)])
-    return {'support_images': support_images[others], 'support_labels': support_labels[others],
-            'query_images': support_images, 'query_labels': support_labels}
+    out = {'support_images': support_images[others], 'support_labels': support_labels[others],
+           'query_images': support_images, 'query_labels': support_labels}
+    if support_features is not None:
+      out['features'] = {n: jnp.concatenate([v[others].reshape(k * (k - 1), *v.shape[1:]), v])
+                         for n, v in support_features.items()}
+    return out
   images, labels = jax.vmap(lambda kk, x, y: augment(kk, x, y, adaptation))(
       jax.random.split(key, k), support_images, support_labels)
   return {'support_images': images[:, None], 'support_labels': labels[:, None],
@@ -204,12 +210,14 @@ def adaptation_loss(method, model, variables: Any, episode: Mapping[str, jax.Arr
   """The adaptation loss of one episode (arrays without the episode axis) under `variables`."""
   shots = episode['support_images'].shape[0]
   pseudo = pseudo_episodes(key, episode['support_images'], episode['support_labels'],
-                           adaptation.loss_for(shots), adaptation)
+                           adaptation.loss_for(shots), adaptation, episode.get('support_features'))
   outputs = method.apply(model, variables, pseudo, train=False, mode=mode)
   loss = losses.pixel_cross_entropy(outputs['logits'], pseudo['query_labels'])
   if adaptation.use_query:
     real = {'support_images': episode['support_images'][None], 'support_labels': episode['support_labels'][None],
             'query_images': episode['query_images'][None]}
+    if 'support_features' in episode:
+      real['features'] = one_episode_features(episode)
     loss = loss + adaptation.query_weight * binary_entropy(
         method.apply(model, variables, real, train=False, mode=mode)['logits'])
   return loss
@@ -242,11 +250,32 @@ def adapt_episode(method, model, variables: Any, episode: Mapping[str, jax.Array
   return adapted, trace
 
 
+def by_episode(batch: Mapping[str, Any]) -> dict[str, Any]:
+  """A batch whose cached backbone 'features' ([B*K supports then B queries, ...]) are split by
+  episode ('support_features' [B, K, ...], 'query_features' [B, ...]), so that vmap over the
+  episode axis hands each episode its own."""
+  if 'features' not in batch:
+    return dict(batch)
+  b, k = batch['support_images'].shape[:2]
+  out = {key: v for key, v in batch.items() if key != 'features'}
+  out['support_features'] = {n: v[:b * k].reshape(b, k, *v.shape[1:]) for n, v in batch['features'].items()}
+  out['query_features'] = {n: v[b * k:] for n, v in batch['features'].items()}
+  return out
+
+
+def one_episode_features(episode: Mapping[str, Any]) -> dict[str, jax.Array]:
+  """One episode's features (by_episode) as a one-episode batch's: its K supports then its query."""
+  return {n: jnp.concatenate([v, episode['query_features'][n][None]])
+          for n, v in episode['support_features'].items()}
+
+
 def adapt_batch(method, model, variables: Any, batch: Mapping[str, jax.Array], *, mode: Mapping[str, Any],
                 adaptation: Adaptation) -> tuple[dict, jax.Array]:
   """adapt_episode vmapped over a batch's episodes: params with a leading [B] axis, losses [B, steps]."""
-  episode_keys = ('support_images', 'support_labels', 'query_images', 'episode_seed')
-  episodes = {k: batch[k] for k in episode_keys}
+  episode_keys = ('support_images', 'support_labels', 'query_images', 'episode_seed', 'support_features',
+                  'query_features')
+  split_batch = by_episode(batch)
+  episodes = {k: split_batch[k] for k in episode_keys if k in split_batch}
   return jax.vmap(lambda ep: adapt_episode(method, model, variables, ep, mode=mode, adaptation=adaptation))(episodes)
 
 
@@ -258,7 +287,11 @@ def per_episode(fn, method, model, variables: Any, batch: Mapping[str, jax.Array
   frozen = split(variables['params'], prefixes(method, adaptation.groups))[1]
 
   def one(params, episode):
-    out = fn({**variables, 'params': merge(params, frozen)}, jax.tree.map(lambda x: x[None], episode))
+    single = {k: v for k, v in episode.items() if k not in ('support_features', 'query_features')}
+    single = jax.tree.map(lambda x: x[None], single)
+    if 'support_features' in episode:
+      single['features'] = one_episode_features(episode)
+    out = fn({**variables, 'params': merge(params, frozen)}, single)
     return jax.tree.map(lambda x: x[0], out)
 
-  return jax.vmap(one)(tuned, dict(batch))
+  return jax.vmap(one)(tuned, by_episode(batch))

@@ -32,8 +32,12 @@ class CheckpointError(UserError):
 
 
 # Fields of those sections that do not change the network once trained ('attention': the same
-# weights computed by a fused or a plain attention).
-_NOT_IN_SIGNATURE = ('pretrained', 'attention')
+# weights computed by a fused or a plain attention; 'cache_features_mb': where its features are kept).
+_NOT_IN_SIGNATURE = ('pretrained', 'attention', 'cache_features_mb')
+
+
+# Model fields added after runs were saved, with the value those runs had.
+_ADDED_FIELDS = {**backbones.READOUT_DEFAULTS, 'neck': 'project'}
 
 
 def _model_signature(config: dict) -> dict:
@@ -42,7 +46,7 @@ def _model_signature(config: dict) -> dict:
   model = out.get('model', {})
   if 'freeze_backbone' in model and model['freeze_backbone'] is None:  # unset: what it resolves to
     model['freeze_backbone'] = backbones.is_vit(model.get('backbone', ''))
-  for field, default in backbones.READOUT_DEFAULTS.items():  # as runs saved before these fields
+  for field, default in _ADDED_FIELDS.items():  # as runs saved before these fields
     if model.get(field, default) == default:
       model.pop(field, None)
   return out

@@ -22,6 +22,7 @@ from mmtjax import (
   adapt,
   checkpointing,
   config_lib,
+  feature_cache,
   methods,
   metrics,
   ops,
@@ -52,6 +53,17 @@ def _test_loader(split: datasets.SplitData, protocol: protocols.Protocol,
   """The loader of a protocol's test episodes: its size and resize, no augmentation."""
   return pipeline.EpisodeLoader(split.source, image_size=protocol.image_size, augment='none', seed=protocol.seed,
                                 num_workers=config.data.num_workers, resize=protocol.resize)
+
+
+def _feature_cache(method, model, variables, config, rows, kshot: str):
+  """A fixed backbone's features once per image (feature_cache.py), or None: HSNet's vote splits
+  the shots. (Adaptation reads them where its pseudo-episodes reuse the episode's images.)"""
+  del rows
+  if kshot != 'model' and config.data.shot > 1:
+    return None
+  if method.feature_stop(config, training=False) is None:
+    return None
+  return feature_cache.for_run(method, model, parallel.unreplicate(variables), config, training=False)
 
 
 def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
@@ -99,6 +111,9 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
   # Multi-process: every process scores its own slice of each global batch.
   batches = pipeline.eval_batches(loader, episodes, (n_dev, per_device), jax.process_index(),
                                   jax.process_count())
+  features = _feature_cache(method, model, variables, config, rows, kshot)
+  if features is not None:
+    batches = map(features.attach, batches)
 
   def put(b):
     if protocol.original_resolution and jax.process_count() > 1:
@@ -132,6 +147,8 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
       first_batch_s = time.perf_counter() - start
     meter.update(min(len(episodes), (n_batch + 1) * per_batch))  # its ETA leaves out the first (compiling) batch
   total = time.perf_counter() - start
+  if features is not None:
+    logging.info('evaluation, fixed backbone: %s', features.stats())
   for m in meters.values():
     m.merge_processes(sorted({e.class_id for e in episodes}))  # the anchors' lists may hold other classes
   results = {name: m.result() for name, m in meters.items()}

@@ -53,6 +53,15 @@ def backbone_frozen(model_config: ml_collections.ConfigDict) -> bool:
   return backbones.is_vit(model_config.get('backbone', '')) if frozen is None else bool(frozen)
 
 
+def backbone_fixed(model_config: ml_collections.ConfigDict, *, training: bool) -> bool:
+  """Whether the backbone's outputs for an image never change during a run: it is frozen and,
+  in training, its BatchNorm (if any) reads running statistics (a ViT has none)."""
+  if not backbone_frozen(model_config):
+    return False
+  return (not training or backbones.is_vit(model_config.get('backbone', ''))
+          or model_config.get('backbone_bn', 'batch') == 'running')
+
+
 def trainable_labels(params: Any, config: ml_collections.ConfigDict) -> Any:
   """'frozen' for backbone ('encoder') parameters when the backbone is frozen, else 'train'."""
   frozen = backbone_frozen(config.model)

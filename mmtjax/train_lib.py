@@ -23,6 +23,7 @@ from mmtjax import (
   checkpointing,
   config_lib,
   eval_lib,
+  feature_cache,
   methods,
   parallel,
   progress,
@@ -41,6 +42,19 @@ from mmtjax.state import (
     warmup_steps,
     with_pretrained,
 )
+
+
+def check_workdir(workdir: str) -> None:
+  """A clear error if workdir cannot be written (or created), creating nothing: the workdir is
+  made once every input is checked (train's lock)."""
+  where = os.path.abspath(os.path.expanduser(workdir))
+  if os.path.exists(where) and not os.path.isdir(where):
+    raise UserError(f'workdir {workdir} is a file, not a folder; choose another --workdir')
+  parent = where
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+    raise UserError(f'workdir {workdir} is not writable: {parent} does not let this user write in it')
 
 
 def prepare_workdir(workdir: str) -> None:
@@ -262,8 +276,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
   num_steps when stopped early by SIGTERM or stop_after_steps) and num_steps.
   """
   _check_args(config, workdir, stop_after_steps)
+  splits = _training_splits(config)
+  prepare_workdir(workdir)
   with checkpointing.WorkdirLock(workdir):
-    return _train(config, workdir, devices=devices, stop_after_steps=stop_after_steps)
+    return _train(config, workdir, *splits, devices=devices, stop_after_steps=stop_after_steps)
+
+
+def _training_splits(config) -> tuple[datasets.SplitData, datasets.SplitData | None]:
+  """The training and validation splits, loaded (built on first use) and checked before the
+  workdir is touched: data that cannot serve the run stops it with nothing written there."""
+  train_split = datasets.load_split(config.data, config.data.train_split, training=True)
+  val_split = (datasets.load_split(config.data, config.data.val_split, training=False)
+               if config.train.eval_every > 0 else None)
+  EpisodeSampler(train_split.index, train_split.classes, config.data.shot, config.seed)  # raises if it cannot
+  return train_split, val_split
 
 
 def _check_args(config, workdir: str, stop_after_steps: int | None) -> None:
@@ -274,7 +300,7 @@ def _check_args(config, workdir: str, stop_after_steps: int | None) -> None:
   config_lib.validate(config)
   if stop_after_steps is not None and stop_after_steps < 1:
     raise UserError(f'--stop_after_steps must be >= 1, got {stop_after_steps}')
-  prepare_workdir(workdir)
+  check_workdir(workdir)
 
 
 def _truncate_metrics(workdir: str, step: int) -> None:
@@ -300,20 +326,17 @@ def _truncate_metrics(workdir: str, step: int) -> None:
     os.replace(tmp, path)
 
 
-def _train(config, workdir, *, devices, stop_after_steps) -> TrainResult:
+def _train(config, workdir, train_split, val_split, *, devices, stop_after_steps) -> TrainResult:
   t = config.train
   if devices is not None and jax.process_count() > 1:
     raise UserError('devices= selects devices of a single-process run; multi-process runs use all')
   n_dev = len(devices) if devices else jax.local_device_count()
   per_device = parallel.check_divisible(t.batch_size, n_dev * jax.process_count())
+  config = resolve_num_steps(config, train_split)
+  t = config.train
   ckpts = checkpointing.Checkpoints(workdir, max_to_keep=t.max_to_keep)
   best_ckpts = (checkpointing.Checkpoints(workdir, subdir=checkpointing.BEST_SUBDIR, best_metric='miou')
                 if t.eval_every > 0 else None)
-  train_split = datasets.load_split(config.data, config.data.train_split, training=True)
-  config = resolve_num_steps(config, train_split)
-  t = config.train
-  val_split = (datasets.load_split(config.data, config.data.val_split, training=False)
-               if best_ckpts else None)
 
   model = get_model(config, axis_name=parallel.AXIS)
   state, tx = create_train_state(model, config)
@@ -357,12 +380,19 @@ def _train(config, workdir, *, devices, stop_after_steps) -> TrainResult:
   end = t.num_steps if stop_after_steps is None else min(t.num_steps, start + stop_after_steps)
   batches = pipeline.train_batches(loader, sampler, start_step=start, num_steps=end,
                                    shape=(n_dev, per_device), offset=jax.process_index() * local)
+  # A fixed backbone (frozen, no batch statistics) runs once per distinct image (feature_cache.py).
+  features = feature_cache.for_run(methods.for_config(config), model,
+                                   parallel.unreplicate(parallel.eval_variables(rstate)), config, training=True)
+  if features is not None:
+    batches = ((step, features.attach(batch)) for step, batch in batches)
   pending: list[tuple[int, dict]] = []  # Per-step metrics not yet checked on the host.
   val_steps: dict = {}  # Validation's compiled eval step, kept across validations.
   done = start
   with StopSignal() as stop, contextlib.ExitStack() as cleanup:
     cleanup.callback(ckpts.close)
     cleanup.callback(log.close)
+    if features is not None:
+      cleanup.callback(lambda: logging.info('training, frozen backbone: %s', features.stats()))
     if best_ckpts:
       cleanup.callback(best_ckpts.close)
     for step, batch in pipeline.prefetch(batches, lambda sb: (sb[0], parallel.shard(sb[1], devices))):
@@ -416,13 +446,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
   during the evaluation stops it (the trained state is already saved).
   """
   _check_args(config, workdir, stop_after_steps)
+  splits = _training_splits(config)
+  test_data = datasets.test_data(config.data)
+  test_split = datasets.load_split(test_data, config.data.test_split, training=False)
+  prepare_workdir(workdir)
   with checkpointing.WorkdirLock(workdir):
-    model, rstate, done, num_steps = _train(config, workdir, devices=devices,
+    model, rstate, done, num_steps = _train(config, workdir, *splits, devices=devices,
                                             stop_after_steps=stop_after_steps)
     if done < num_steps:
       return None
     try:
-      return _final_evaluation(model, rstate, config, workdir, num_steps, devices)
+      return _final_evaluation(model, rstate, config, workdir, num_steps, devices, test_split)
     except Terminated:
       say(f'received SIGTERM during the final evaluation: training is complete and saved (step '
           f'{num_steps}, {os.path.join(workdir, checkpointing.SUBDIR)}); run evaluate.py with the same '
@@ -430,9 +464,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
       return None
 
 
-def _final_evaluation(model, rstate, config, workdir: str, num_steps: int, devices) -> dict:
+def _final_evaluation(model, rstate, config, workdir: str, num_steps: int, devices,
+                      test_split: datasets.SplitData) -> dict:
   test_data = datasets.test_data(config.data)
-  test_split = datasets.load_split(test_data, config.data.test_split, training=False)
   say(f'testing on {test_data.dataset}/{config.data.test_split} ({len(test_split.classes)} classes: '
       f'{", ".join(test_split.class_name(c) for c in test_split.classes)})')
   protocol = protocols.test_protocol(test_data, config.eval)

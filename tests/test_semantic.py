@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 from mmtjax.commands import episodes as episodes_cmd
-from mmtjax.data import datasets, episodes, transforms
+from mmtjax.data import datasets, episodes, pipeline, transforms
 from mmtjax.data.builders import semantic
 from mmtjax.errors import UserError
 from mmtjax.labels import IGNORE_LABEL
@@ -286,3 +286,79 @@ def test_episode_export_as_target_and_on_itself(tmp_path):
     classes[name] = {json.loads(line)['class_name'] for line in out.read_text().splitlines()}
   assert classes['itself'] == {'Sky', 'Building', 'Pole'}  # fold 0's test classes
   assert len(classes['target']) > 3 and classes['itself'] < set(CAMVID)
+
+
+def test_a_class_that_vanishes_at_the_model_size_does_not_count(tmp_path):
+  """Issue 40: SegNet's real CamVid (480 x 360) trained at 64 px stopped on an empty support mask.
+  A class counts in an image only where it also survives the loader's resize to data.image_size;
+  a support that still loses it (another resize) is one error naming the image and the fields."""
+  root = tmp_path / 'CamVid'
+  _camvid(root, n=(4, 2, 2))
+  path = root / 'trainannot' / '0001TP_006690.png'
+  lab = np.asarray(Image.open(path)).copy()
+  lab[lab == 2] = 0
+  lab[:, 1] = 2  # a pole one pixel wide: 24 pixels at 24 x 32, none at 8 x 8 (nearest)
+  _save(str(path), lab)
+  pole = CAMVID.index('Pole') + 1
+  assert not np.any(transforms.resize_label(lab, 8) == 2) and np.any(transforms.resize_label(lab, 64) == 2)
+  index = {}
+  for size in (64, 8):
+    data = _data(tmp_path, root, semantic={'classes': ','.join(CAMVID), 'ignore_index': 11}, image_size=size)
+    data.test_dataset = 'mmtjax_shapes'
+    index[size] = datasets.load_split(data, 'train', training=True)
+  assert '0001TP_006690' in _index_names(index[64])[pole]
+  assert '0001TP_006690' not in _index_names(index[8]).get(pole, [])
+  # A loader that resizes otherwise (longer side) can still lose it: one line naming the file.
+  split = index[64]
+  record = next(i for i in range(len(split.source)) if split.source[i]['id'] == b'0001TP_006690')
+  loader = pipeline.EpisodeLoader(split.source, image_size=8, augment='none', seed=0, resize='longer_side_pad')
+  with pytest.raises(UserError, match=r'support image .*0001TP_006690.png has no pixel of class 3 at 8 px.*'
+                                      r'data\.min_pixels'):
+    loader.load(episodes.Episode(pole, record, (record,)), (0, 0))
+
+
+def test_a_failed_or_outdated_build_is_never_served(tmp_path, capsys):
+  """Issue 40: an error while building caches nothing (fixed, the next run builds); files added,
+  removed or changed after a build are noticed and the build is redone, with one warning line."""
+  root = tmp_path / 'CamVid'
+  _camvid(root, n=(3, 2, 2))
+  annotations = sorted((root / 'trainannot').iterdir())
+  kept = {p: p.read_bytes() for p in annotations}
+  for p in annotations:
+    p.unlink()
+  data = _data(tmp_path, root, semantic={'classes': ','.join(CAMVID), 'ignore_index': 11})
+  data.test_dataset = 'mmtjax_shapes'
+  with pytest.raises(UserError, match='no image in .*train with an annotation'):
+    datasets.load_split(data, 'train', training=True)
+  for p, b in kept.items():
+    p.write_bytes(b)
+  assert len(datasets.load_split(data, 'train', training=True).source) == 3
+  capsys.readouterr()
+  rng = np.random.default_rng(5)
+  _save(str(root / 'train' / '0001TP_009990.png'), rng.integers(0, 255, (H, W, 3)))
+  _save(str(root / 'trainannot' / '0001TP_009990.png'), _label(rng, list(range(11)), void=11))
+  again = datasets.load_split(data, 'train', training=True)
+  assert len(again.source) == 4
+  err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith('warning')]
+  assert len(err) == 1 and 'changed since it was built (2 files added, 0 removed, 0 changed' in err[0], err
+  assert len(datasets.load_split(data, 'train', training=True).source) == 4  # unchanged now: no rebuild
+  assert not [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith('warning')]
+
+
+def test_train_writes_nothing_before_its_data_is_checked(tmp_path):
+  """Issue 40: a dataset that cannot serve a run stops train before the workdir exists (no lock,
+  no empty checkpoint folders)."""
+  from configs import default
+  from mmtjax import train_lib
+  root = tmp_path / 'CamVid'
+  _camvid(root, n=(1, 1, 1))  # one image a split: no class has the 2 images a 1-shot episode needs
+  config = default.get_config('dataset=semantic')
+  with config.unlocked():
+    config.data.manual_dir = str(root)
+    config.data.data_dir = str(tmp_path / 'tfds')
+    config.data.semantic.ignore_index = 11
+    config.data.semantic.classes = ','.join(CAMVID)
+  workdir = tmp_path / 'run'
+  with pytest.raises(UserError, match='images for 1-shot episodes'):
+    train_lib.train(config, str(workdir))
+  assert not workdir.exists()

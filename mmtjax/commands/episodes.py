@@ -3,7 +3,7 @@ r"""Writes a dataset's test episodes as a JSON-lines file (mmtjax.data.episodes)
   python -m mmtjax.commands.episodes --dataset fss1000 --protocol hsnet --shot 1 \
       --manual_dir ~/data/FSS-1000 --data_dir ~/tensorflow_datasets --out fss_1shot.jsonl
 
-The defaults equal a config's (protocol, episode count, seed, min_pixels), so
+The defaults equal a config's (protocol, episode count, seed, min_pixels, image_size), so
 the list's SHA-256 equals the one an evaluation report records when no flag
 is given. The list is written atomically and never replaces a file.
 """
@@ -38,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--seed', type=int, default=CUSTOM_SEED, help="protocol 'custom' only (as eval.seed)")
   parser.add_argument('--min_pixels', type=int, default=MIN_PIXELS,
                       help="protocols other than 'hsnet': as the config's data.min_pixels")
+  parser.add_argument('--image_size', type=int, default=64,
+                      help="folder / semantic: as the config's data.image_size (configs/default.py: 64); a class "
+                      'counts in an image only if it survives the resize to it')
   parser.add_argument('--target', action='store_true', help='folder / semantic: the dataset as the target of a '
                       'model trained elsewhere (every class a test class); default: tested on itself (its fold)')
   parser.add_argument('--test_classes', default=None, help='semantic: the held-out classes (as data.test_classes)')
@@ -58,7 +61,7 @@ def _write_list(args) -> None:
     raise UserError(f'--out {args.out} exists; choose another path (lists are never overwritten)')
   data = ml_collections.ConfigDict(dict(
       dataset=args.dataset, data_dir=args.data_dir, manual_dir=args.manual_dir, fold=args.fold, shot=args.shot,
-      fold_list=args.fold_list, class_list=args.class_list, min_pixels=args.min_pixels, image_size=400,
+      fold_list=args.fold_list, class_list=args.class_list, min_pixels=args.min_pixels, image_size=args.image_size,
       protocol=args.protocol, test_split=args.split, builder_config='default', target_only=args.target,
       test_classes=args.test_classes, semantic=_semantic_options(args.semantic)))
   own = datasets.defaults(args.dataset, args.fold)

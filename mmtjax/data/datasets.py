@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
+import shutil
 
 import jax
 import ml_collections
@@ -162,12 +164,71 @@ def load_raw_builder(name: str, data_dir: str | None, manual_dir: str | None,
   builder.class_list = class_list
   if name == 'semantic':
     builder.options = semantic.options(layout)
+  if builder.is_prepared() and name in OWN and _rebuild_if_changed(builder, manual_dir):
+    return load_raw_builder(name, data_dir, manual_dir, class_list, layout)
   if not builder.is_prepared():
-    builder.find_root(manual_dir)  # Before any work: one line when the files are not there.
+    root = builder.find_root(manual_dir)  # Before any work: one line when the files are not there.
     manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
+    fingerprint = _fingerprint(root, _tfds_root(builder)) if name in OWN else None
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     raw.write_report(builder)
+    if fingerprint is not None:
+      _write_json(os.path.join(os.fspath(builder.data_dir), _FINGERPRINT), fingerprint)
   return builder
+
+
+# A user's folder as it was built: every file's path, size and modification time.
+_FINGERPRINT = 'source_files.json'
+
+
+def _tfds_root(builder) -> str:
+  """The TFDS data dir of a builder (<root>/<name>/<config>/<version>): skipped when it lies
+  inside the user's folder."""
+  return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(os.fspath(builder.data_dir)))))
+
+
+def _fingerprint(root: str, skip: str) -> dict:
+  files = {}
+  for top, dirs, names in os.walk(root):
+    dirs[:] = sorted(d for d in dirs if os.path.abspath(os.path.join(top, d)) != skip)
+    for n in sorted(names):
+      path = os.path.join(top, n)
+      try:
+        st = os.stat(path)
+      except OSError:
+        continue
+      files[os.path.relpath(path, root)] = [st.st_size, st.st_mtime_ns]
+  return {'root': root, 'files': files}
+
+
+def _write_json(path: str, obj) -> None:
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f)
+  os.replace(tmp, path)
+
+
+def _rebuild_if_changed(builder, manual_dir: str) -> bool:
+  """A user's folder whose files were added, removed or changed since its build: the build
+  (derived from those files alone) is deleted with one warning line, so that it is rebuilt."""
+  where = os.fspath(builder.data_dir)
+  path = os.path.join(where, _FINGERPRINT)
+  if not os.path.exists(path) or not os.path.isdir(os.path.expanduser(manual_dir)):
+    return False  # built before fingerprints, or the folder is gone (the build still serves)
+  with open(path) as f:
+    old = json.load(f)
+  root = builder.find_root(manual_dir)
+  new = _fingerprint(root, _tfds_root(builder))
+  if new == old:
+    return False
+  before, after = old.get('files', {}), new['files']
+  added, removed = sorted(set(after) - set(before)), sorted(set(before) - set(after))
+  changed = sorted(k for k in set(after) & set(before) if after[k] != before[k])
+  first = (added or removed or changed or [root])[0]
+  warn(f'{builder.name}: {root} changed since it was built ({len(added)} files added, {len(removed)} removed, '
+       f'{len(changed)} changed; first: {first}): rebuilding {where}')
+  shutil.rmtree(where)
+  return True
 
 
 def is_prepared(data: ml_collections.ConfigDict) -> bool:
@@ -272,8 +333,10 @@ def load_split(data: ml_collections.ConfigDict, split: str, *, training: bool) -
                                                            data.get('class_list'), data.get('semantic')))
   requested, split = split, split if data.dataset == 'mmtjax_shapes' else _built_split(builder, split)
   source = open_source(builder, split)
+  # A user's own data: a class counts where it also survives the resize to the model's size.
+  size = data.get('image_size') if data.dataset in OWN else None
   index = _process_zero_first(lambda: episodes.cached_class_index(
-      source, os.fspath(builder.data_dir), split, data.min_pixels))
+      source, os.fspath(builder.data_dir), split, data.min_pixels, size))
   if data.dataset == 'mmtjax_shapes':
     classes, names = _embedded_classes(data, split, training), synthetic.CLASS_NAMES
   else:
@@ -313,7 +376,8 @@ def _folder_split(data, builder, source, index, split: str, requested: str, trai
                       f'be -1 (drop the split folders to split its classes into folds)')
     classes = tuple(sorted(index))
     if role == 'test' and 'train' in builder.info.splits:
-      seen = set(episodes.cached_class_index(open_source(builder, 'train'), where, 'train', data.min_pixels))
+      seen = set(episodes.cached_class_index(open_source(builder, 'train'), where, 'train', data.min_pixels,
+                                             data.get('image_size')))
       shared = sorted(seen & set(classes))
       if shared:
         warn(f"folder: the {split} split shares {len(shared)} of its {len(classes)} classes with train "

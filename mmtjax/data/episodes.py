@@ -56,21 +56,57 @@ def build_class_index(classes: Iterable[np.ndarray], areas: Iterable[np.ndarray]
   return {c: np.asarray(v, np.int64) for c, v in sorted(index.items())}
 
 
-def cached_class_index(source, cache_dir: str, split: str, min_pixels: int
+def cached_class_index(source, cache_dir: str, split: str, min_pixels: int, size: int | None = None
                        ) -> dict[int, np.ndarray]:
-  """The class index of a tfds data source, built once and kept as JSON beside the data."""
-  path = os.path.join(cache_dir, f'class_index-{split}-min{min_pixels}.json')
+  """The class index of a tfds data source, built once and kept as JSON beside the data.
+
+  With `size`, a class counts in an image only if it also keeps at least one
+  pixel when the mask is resized to size x size (nearest, as the episode
+  loader resizes): small classes that hold `min_pixels` at the original size
+  can vanish at the size the model sees, and a support mask must not be empty.
+  """
+  suffix = f'-{size}px' if size else ''
+  path = os.path.join(cache_dir, f'class_index-{split}-min{min_pixels}{suffix}.json')
   if os.path.exists(path):
     with open(path) as f:
       return {int(c): np.asarray(v, np.int64) for c, v in json.load(f).items()}
   records = [source[i] for i in range(len(source))]
-  index = build_class_index((r['classes'] for r in records), (r['areas'] for r in records),
-                            min_pixels)
+  areas = [r['areas'] for r in records]
+  if size:
+    areas = [_areas_at(r, size, min_pixels) for r in records]
+  index = build_class_index((r['classes'] for r in records), areas, min_pixels)
+  if size:
+    full = build_class_index((r['classes'] for r in records), (r['areas'] for r in records), min_pixels)
+    lost = [(c, i) for c, v in full.items() for i in sorted(set(v.tolist()) - set(index.get(c, ()).tolist()))]
+    if lost:
+      c, i = lost[0]
+      name = records[i].get('name', i)
+      name = name.decode() if isinstance(name, bytes) else name
+      logging.warning('%s: %d class occurrences with >= %d pixels vanish when the mask is resized to %d px '
+                      '(data.image_size) and do not count (first: class %d in %s)',
+                      split, len(lost), min_pixels, size, c, name)
   tmp = f'{path}.tmp{os.getpid()}'
   with open(tmp, 'w') as f:
     json.dump({str(c): v.tolist() for c, v in index.items()}, f)
   os.replace(tmp, path)
   return index
+
+
+def _areas_at(record, size: int, min_pixels: int) -> np.ndarray:
+  """The record's class areas, zeroed where the class holds >= min_pixels but no pixel of the
+  size x size resized mask."""
+  from mmtjax.data import transforms
+  areas = np.array(record['areas'], np.int64)
+  classes = np.asarray(record['classes'])
+  if not np.any(areas >= min_pixels):
+    return areas
+  label = transforms.decode_image(record['label'], 'a label')
+  small = np.asarray(transforms.resize_label(label, size))
+  values = [1] * len(classes) if record.get('binary', False) else classes.tolist()
+  for j, v in enumerate(values):
+    if areas[j] >= min_pixels and not np.any(small == v):
+      areas[j] = 0
+  return areas
 
 
 class EpisodeSampler:

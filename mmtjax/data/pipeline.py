@@ -67,7 +67,10 @@ class EpisodeLoader:
     mask = transforms.class_mask(label, 1 if record.get('binary', False) else class_id)
     size, original = self.image_size, None
     if self.augment in _SIZING_AUGMENTS:  # Augmentations that crop to the size themselves.
-      image, mask = _SIZING_AUGMENTS[self.augment](image, mask, rng, size)
+      augmented = _SIZING_AUGMENTS[self.augment](image, mask, rng, size)
+      if np.any(mask == 1) and not np.any(augmented[1] == 1):  # scaled / rotated away: plain resize
+        augmented = transforms.resize(image, mask, size)
+      image, mask = augmented
     elif self.resize == 'longer_side_pad':
       original = mask
       image, mask = transforms.pad_to(*transforms.resize_longer_side(image, mask, size), size)
@@ -85,6 +88,14 @@ class EpisodeLoader:
     """One episode; `key` seeds its augmentation (ignored without augmentation)."""
     rng = np.random.default_rng([self.seed, *key, 1]) if self.augment != 'none' else None
     shots = [self._example(s, episode.class_id, rng) for s in episode.supports]
+    for index, (_, mask, _) in zip(episode.supports, shots):
+      if not np.any(mask == 1):
+        name = self.source[index].get('name', index)
+        name = name.decode() if isinstance(name, bytes) else name
+        raise UserError(f'support image {name} has no pixel of class {episode.class_id} at {self.image_size} px '
+                        f'(resize {self.resize!r}): the class counts in it at the original size but vanishes '
+                        f'when resized; raise data.min_pixels (or data.image_size) so that only classes that stay '
+                        f'visible count')
     q_image, q_label, q_original = self._example(episode.query, episode.class_id, rng)
     out = {
         'support_images': np.stack([s[0] for s in shots]),

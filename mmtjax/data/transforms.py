@@ -62,6 +62,11 @@ def _resize_pair(image, label, hw):
   return np.asarray(im), np.asarray(lb)
 
 
+def resize_label(label: np.ndarray, size: int) -> np.ndarray:
+  """A label map alone, resized square as `resize` resizes it (nearest)."""
+  return np.asarray(Image.fromarray(label).resize((size, size), Image.NEAREST))
+
+
 def resize(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
   """Square resize (HSNet/PATNet protocol): bilinear image, nearest label."""
   if image.shape[:2] == (size, size) and label.shape == (size, size):

@@ -58,9 +58,20 @@ class Method:
 
   def apply(self, model: nn.Module, variables: Any, batch: Mapping[str, jax.Array], *, train: bool,
             mode: Mapping[str, Any] | None = None, **apply_kwargs) -> Any:
-    """model.apply on an episode batch (support_images, support_labels, query_images)."""
+    """model.apply on an episode batch (support_images, support_labels, query_images, and the
+    frozen backbone's 'features' where feature_cache.py attached them)."""
+    if 'features' in batch:
+      apply_kwargs = {**apply_kwargs, 'features': batch['features']}
     return model.apply(variables, batch['support_images'], batch['support_labels'],
                        batch['query_images'], train=train, **dict(mode or {}), **apply_kwargs)
+
+  def feature_stop(self, config: ml_collections.ConfigDict, *, training: bool) -> str | None:
+    """The stage up to which the backbone's outputs may be computed once per image and reused
+    (feature_cache.py): only where the backbone is frozen, and in training only where it has no
+    batch statistics; None: never (the default; a method opts in with its model's
+    `backbone_features`)."""
+    del config, training
+    return None
 
   # --- training ------------------------------------------------------------------------------
   def loss(self, outputs: Mapping[str, Any], query_labels: jax.Array, weights: Mapping[str, float],

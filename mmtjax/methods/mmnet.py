@@ -9,11 +9,13 @@ import ml_collections
 from ml_collections import config_dict
 
 from mmtjax import losses
+from mmtjax.feature_cache import DEFAULT_MB as CACHE_MB
 from mmtjax.methods.base import Method
 from mmtjax.methods.mmt import _dtype
 from mmtjax.models import backbones
 from mmtjax.models.mmnet import MMNet
 from mmtjax.models.vit import ATTENTIONS
+from mmtjax.state import backbone_fixed
 
 
 class MMNetMethod(Method):
@@ -50,6 +52,7 @@ class MMNetMethod(Method):
         mid_dropout=0.5,
         head_dropout=0.1,
         prior_stage='layer4',      # PFENet's prior from frozen layer4 features
+        cache_features_mb=CACHE_MB,  # a fixed backbone's features kept per image (feature_cache.py)
     )
     if variant == 'cpu':
       # The tiny backbone (no pretrained weights, so it trains), a narrower head;
@@ -67,6 +70,10 @@ class MMNetMethod(Method):
         ({'aux', 'recon'} <= set(config.loss), 'loss needs the fields aux and recon for mmnet'),
         (m.get('attention', 'fused') in ATTENTIONS, f'model.attention must be one of {ATTENTIONS}'),
     ]
+
+  def feature_stop(self, config: ml_collections.ConfigDict, *, training: bool) -> str | None:
+    """A fixed backbone is cached up to layer3 (the layer4 prior runs on masked supports)."""
+    return 'layer3' if backbone_fixed(config.model, training=training) else None
 
   def build(self, config: ml_collections.ConfigDict, axis_name: str | None = None) -> MMNet:
     m = config.model

@@ -11,10 +11,12 @@ from ml_collections import config_dict
 
 from mmtjax import losses
 from mmtjax.errors import finite_number
+from mmtjax.feature_cache import DEFAULT_MB as CACHE_MB
 from mmtjax.methods.base import Method
-from mmtjax.models import backbones, style_memory
+from mmtjax.models import backbones, heads, style_memory
 from mmtjax.models.mmt import MMT
 from mmtjax.models.vit import ATTENTIONS
+from mmtjax.state import backbone_fixed
 
 
 class MMTMethod(Method):
@@ -27,7 +29,7 @@ class MMTMethod(Method):
   name = 'mmt'
   eval_modes = {'memory_on': {'transfer': True}, 'memory_off': {'transfer': False}}
   config_sections = ('memory',)
-  adapt_groups = {'neck': ('neck',)}  # the 1x1 projection; the prototype head has no weights
+  adapt_groups = {'neck': ('neck',)}  # the 1x1 projection (or correction); the prototype head has no weights
   adapt_default = ('neck',)
   use_memory = True
 
@@ -50,8 +52,10 @@ class MMTMethod(Method):
             memory_stage='layer1',
             feature_stages=('layer2', 'layer3'),
             embed_dim=64,
+            neck='project',            # or 'residual' (heads.ResidualNeck; docs/assumptions.md)
             dropout=0.1,
             cosine_scale=20.0,
+            cache_features_mb=CACHE_MB,  # a frozen backbone's features kept per image (feature_cache.py)
         ),
         'loss': dict(orth=0.1, cont=0.1),
     }
@@ -74,6 +78,7 @@ class MMTMethod(Method):
          'model.memory_stage must not lie above every model.feature_stages'),
         ({'orth', 'cont'} <= set(config.loss), f'loss needs the fields orth and cont for {self.name}'),
         (m.get('attention', 'fused') in ATTENTIONS, f'model.attention must be one of {ATTENTIONS}'),
+        (m.get('neck', 'project') in heads.NECKS, f'model.neck must be one of {heads.NECKS}'),
     ]
     if self.use_memory:
       mem = config.memory
@@ -92,11 +97,20 @@ class MMTMethod(Method):
       ]
     return checks
 
+  def feature_stop(self, config: ml_collections.ConfigDict, *, training: bool) -> str | None:
+    """A fixed backbone is cached up to the memory's stage (what comes after runs on the
+    re-styled features), or, without the memory, up to the last stage the neck reads."""
+    m = config.model
+    if not backbone_fixed(m, training=training):
+      return None
+    return m.memory_stage if self.use_memory else max(m.feature_stages, key=backbones.STAGES.index)
+
   def build(self, config: ml_collections.ConfigDict, axis_name: str | None = None) -> MMT:
     m = config.model
     return MMT(backbone=m.backbone, stem=m.stem, output_stride=m.output_stride, backbone_bn=m.backbone_bn,
                axis_name=axis_name, dtype=_dtype(config), memory_stage=m.memory_stage,
-               feature_stages=tuple(m.feature_stages), embed_dim=m.embed_dim, dropout=m.dropout,
+               feature_stages=tuple(m.feature_stages), embed_dim=m.embed_dim,
+               neck_type=m.get('neck', 'project'), dropout=m.dropout,
                cosine_scale=m.cosine_scale, use_memory=self.use_memory, attention=m.get('attention', 'fused'),
                memory=dict(config.memory) if self.use_memory else None,
                **backbones.readout_options(m))

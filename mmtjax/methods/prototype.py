@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmtjax import ops
+from mmtjax.feature_cache import DEFAULT_MB as CACHE_MB
 from mmtjax.methods.base import Method
 from mmtjax.methods.mmt import _dtype
 from mmtjax.models import backbones, heads
@@ -54,17 +55,23 @@ class PrototypeMatcher(nn.Module):
                                           dtype=self.dtype, attention=self.attention,
                                           vit_blocks=self.vit_blocks, vit_norm=self.vit_norm)
 
+  def backbone_features(self, images: jax.Array, stop: str) -> dict[str, jax.Array]:
+    """The backbone's stage outputs up to `stop` (feature_cache.py)."""
+    return self.encoder(images.astype(self.dtype), train_bn=False, stop=stop)
+
   def __call__(self, support_images: jax.Array, support_labels: jax.Array, query_images: jax.Array, *,
-               train: bool, transfer: bool = True) -> dict[str, jax.Array]:
+               train: bool, transfer: bool = True, features: dict[str, jax.Array] | None = None
+               ) -> dict[str, jax.Array]:
     """support_images [B, K, H, W, 3], support_labels [B, K, H, W] in {0, 1, 255},
-    query_images [B, H, W, 3] -> {'logits': [B, h, w, 2] (bg, fg) at the finest stage's size}."""
+    query_images [B, H, W, 3] -> {'logits': [B, h, w, 2] (bg, fg) at the finest stage's size};
+    `features`: the backbone's outputs for the supports then the queries (feature_cache.py)."""
     del train, transfer
     b, k = support_images.shape[:2]
     images = jnp.concatenate([support_images.reshape(b * k, *support_images.shape[2:]), query_images],
                              axis=0).astype(self.dtype)
     last = max(self.feature_stages, key=backbones.STAGES.index)
     # Running statistics for a CNN's BatchNorm: nothing here may depend on the batch.
-    feats = self.encoder(images, train_bn=False, stop=last)
+    feats = self.encoder(images, train_bn=False, stop=last) if features is None else features
     maps = []
     for stage in self.feature_stages:
       x = self.encoder.readout(feats[stage]).astype(jnp.float32)
@@ -100,6 +107,7 @@ class PrototypeMethod(Method):
         **{**backbones.readout_fields(), 'vit_blocks': (3, 6, 9, 10), 'vit_norm': False},
         feature_stages=('layer4',),
         cosine_scale=20.0,
+        cache_features_mb=CACHE_MB,  # its backbone's features kept per image (feature_cache.py)
     )}
 
   def validate(self, config: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
@@ -113,6 +121,10 @@ class PrototypeMethod(Method):
                                                   'must stay True'),
         (m.get('attention', 'fused') in ATTENTIONS, f'model.attention must be one of {ATTENTIONS}'),
     ]
+
+  def feature_stop(self, config: ml_collections.ConfigDict, *, training: bool) -> str | None:
+    """Its backbone never changes: cached up to the last stage it reads."""
+    return max(config.model.feature_stages, key=backbones.STAGES.index)
 
   def build(self, config: ml_collections.ConfigDict, axis_name: str | None = None) -> PrototypeMatcher:
     m = config.model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -35,3 +36,30 @@ def prototype_logits(query_feats: jax.Array, bg: jax.Array, fg: jax.Array,
                      scale: float) -> jax.Array:
   """[B, h, w, D] query features, [B, D] prototypes -> [B, h, w, 2] (bg, fg) logits."""
   return ops.cosine_map(query_feats, jnp.stack([bg, fg], axis=1), scale)
+
+
+NECKS = ('project', 'residual')
+
+
+class ResidualNeck(nn.Module):
+  """Feature stages -> embeddings that start as the stages themselves.
+
+  Each stage is L2-normalised per token and the stages are concatenated, so
+  that at initialisation the cosine of two tokens is the mean of their
+  per-stage cosines (close to what `prototype` scores, which pools before it
+  normalises); a 1x1 linear map of the same width, initialised to zero and
+  passed through channel dropout, is added.
+  Training thus starts from the training-free matcher and learns a
+  correction, instead of replacing the pretrained features by a narrow
+  projection.
+  """
+
+  dropout: float = 0.0
+  dtype: object = jnp.float32
+
+  @nn.compact
+  def __call__(self, stages: list[jax.Array], *, train: bool) -> jax.Array:
+    x = jnp.concatenate([ops.l2_normalize(s) for s in stages], axis=-1)
+    delta = nn.Conv(x.shape[-1], (1, 1), use_bias=False, kernel_init=nn.initializers.zeros,
+                    dtype=self.dtype, name='correction')(x)
+    return x + nn.Dropout(self.dropout, broadcast_dims=(1, 2))(delta, deterministic=not train)

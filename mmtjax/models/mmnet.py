@@ -195,10 +195,17 @@ class MMNet(nn.Module):
     b = groups[0].shape[0]
     return [{name: v[i * b:(i + 1) * b] for name, v in joint.items()} for i in range(len(groups))]
 
+  def backbone_features(self, images: jax.Array, stop: str) -> dict[str, jax.Array]:
+    """The frozen backbone's stage outputs up to `stop`, per image (feature_cache.py)."""
+    return self.encoder(images.astype(self.dtype), train_bn=False, stop=stop)
+
   def __call__(self, support_images: jax.Array, support_labels: jax.Array,
-               query_images: jax.Array, *, train: bool, transfer: bool = True
-               ) -> dict[str, jax.Array]:
+               query_images: jax.Array, *, train: bool, transfer: bool = True,
+               features: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:
     """One batch of episodes (same inputs as MMT; `transfer` has no meaning here).
+
+    `features`: the backbone's outputs up to layer3 for the B*K supports (episode-major) then
+    the B queries, computed before (feature_cache.py) instead of running it.
 
     Returns:
       'logits' [B, H, W, 2] at the input size; 'shot_weights' [B, K, h, w];
@@ -209,7 +216,12 @@ class MMNet(nn.Module):
     train_bn = train and self.backbone_bn == 'batch'
     groups = [query_images.astype(self.dtype)] + [support_images[:, shot].astype(self.dtype)
                                                   for shot in range(k)]
-    feats = self._backbone(groups, train_bn, stop='layer3')
+    if features is None:
+      feats = self._backbone(groups, train_bn, stop='layer3')
+    else:  # regrouped: the queries, then each shot's B supports
+      supports = {n: v[:b * k].reshape(b, k, *v.shape[1:]) for n, v in features.items()}
+      feats = [{n: v[b * k:].astype(self.dtype) for n, v in features.items()}] + [
+          {n: v[:, shot].astype(self.dtype) for n, v in supports.items()} for shot in range(k)]
     h, w = feats[0]['layer3'].shape[1:3]
     read = self.encoder.readout  # a ViT's final LayerNorm; a CNN's map as it is
     mids = [jnp.concatenate([read(f['layer3']), ops.resize_align_corners(read(f['layer2']), (h, w))],

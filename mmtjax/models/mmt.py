@@ -34,7 +34,12 @@ class MMT(nn.Module):
     memory_stage: stage whose output the memory re-styles.
     feature_stages: stages concatenated (at the finest of their resolutions)
       and projected by a 1x1 conv to `embed_dim` for the prototype head.
-    dropout: channel dropout after the projection (Dropout2d).
+    neck_type: 'project' (the stages concatenated, a 1x1 conv to `embed_dim`,
+      ReLU, channel dropout) or 'residual' (heads.ResidualNeck: the
+      L2-normalised stages plus a zero-initialised linear correction;
+      `embed_dim` unused).
+    dropout: channel dropout after the projection (Dropout2d), or on the
+      residual neck's correction.
     cosine_scale: scale of the cosine logits (PANet: 20).
     memory: keyword arguments of StyleMemory.
     attention: a ViT's attention, 'fused' (jax.nn.dot_product_attention) or 'plain'.
@@ -52,6 +57,7 @@ class MMT(nn.Module):
   memory_stage: str = 'layer2'
   feature_stages: Sequence[str] = ('layer2', 'layer3')
   embed_dim: int = 64
+  neck_type: str = 'project'  # config: model.neck
   dropout: float = 0.5
   cosine_scale: float = 20.0
   use_memory: bool = True
@@ -77,18 +83,29 @@ class MMT(nn.Module):
                                           vit_norm=self.vit_norm)
     if self.use_memory:
       self.style_memory = StyleMemory(**(self.memory or {}), axis_name=self.axis_name)
-    self.neck = nn.Conv(self.embed_dim, (1, 1), use_bias=False, dtype=self.dtype)
-    self.drop = nn.Dropout(self.dropout, broadcast_dims=(1, 2))
+    if self.neck_type not in heads.NECKS:
+      raise UserError(f'model.neck must be one of {heads.NECKS}, got {self.neck_type!r}')
+    if self.neck_type == 'residual':
+      self.neck = heads.ResidualNeck(self.dropout, dtype=self.dtype)
+    else:
+      self.neck = nn.Conv(self.embed_dim, (1, 1), use_bias=False, dtype=self.dtype)
+      self.drop = nn.Dropout(self.dropout, broadcast_dims=(1, 2))
 
-  def _encode(self, images, *, train: bool, restyle: str | None, episodes: int):
+  def _encode(self, images, *, train: bool, restyle: str | None, episodes: int, features=None):
     """Images [N, H, W, 3] -> (embeddings [M, h, w, D], orth_loss, diagnostics).
+
+    features: the backbone's stage outputs for the N images, computed before (a frozen
+    backbone, feature_cache.py), instead of running it up to memory_stage.
 
     restyle None: M = N, no memory. 'target': M = N, transferred features.
     'source' (training): M = 2N, the original images then the re-styled ones.
     diagnostics: {'log': scalars to log, 'histograms': [episodes, N] item counts}.
     """
     train_bn = train and self.backbone_bn == 'batch'
-    low = self.encoder(images, train_bn=train_bn, stop=self.memory_stage)
+    if features is None:
+      low = self.encoder(images, train_bn=train_bn, stop=self.memory_stage)
+    else:  # the frozen backbone's outputs up to memory_stage or beyond (feature_cache.py)
+      low = {k: v.astype(self.dtype) for k, v in features.items()}
     orth = jnp.zeros((), jnp.float32)
     diagnostics = {}
     if restyle is not None:
@@ -104,15 +121,18 @@ class MMT(nn.Module):
         f_new = jnp.concatenate([f, f_new], axis=0)
       low[self.memory_stage] = f_new
     feats = dict(low)
-    if self.memory_stage != self._last_stage:
+    # The stages after the memory: computed from the (re-styled) memory stage, unless given.
+    if self.memory_stage != self._last_stage and (restyle is not None or self._last_stage not in feats):
       start = backbones.STAGES[backbones.STAGES.index(self.memory_stage) + 1]
       feats.update(self.encoder(low[self.memory_stage], train_bn=train_bn, start=start,
                                 stop=self._last_stage,
                                 prefix=low.get(backbones.prefix_key(self.memory_stage))))
     chosen = [self.encoder.readout(feats[s]) for s in self.feature_stages]
     size = max((x.shape[1:3] for x in chosen), key=lambda hw: hw[0] * hw[1])
-    x = jnp.concatenate([ops.resize_features(c, size) for c in chosen], axis=-1)
-    x = nn.relu(self.neck(x))
+    chosen = [ops.resize_features(c, size) for c in chosen]
+    if self.neck_type == 'residual':
+      return self.neck(chosen, train=train), orth, diagnostics
+    x = nn.relu(self.neck(jnp.concatenate(chosen, axis=-1)))
     return self.drop(x, deterministic=not train), orth, diagnostics
 
   def _memory_diagnostics(self, aux, restyle: str, episodes: int) -> dict:
@@ -140,9 +160,13 @@ class MMT(nn.Module):
     bg, fg = heads.shot_prototypes(support, support_labels)
     return heads.prototype_logits(query, bg, fg, self.cosine_scale).astype(jnp.float32), fg
 
+  def backbone_features(self, images: jax.Array, stop: str) -> dict[str, jax.Array]:
+    """The frozen backbone's stage outputs up to `stop` (running statistics; feature_cache.py)."""
+    return self.encoder(images.astype(self.dtype), train_bn=False, stop=stop)
+
   def __call__(self, support_images: jax.Array, support_labels: jax.Array,
-               query_images: jax.Array, *, train: bool, transfer: bool = True
-               ) -> dict[str, jax.Array]:
+               query_images: jax.Array, *, train: bool, transfer: bool = True,
+               features: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:
     """One batch of episodes.
 
     Args:
@@ -151,6 +175,8 @@ class MMT(nn.Module):
       query_images: [B, H, W, 3].
       train: training mode (dropout, BatchNorm statistics, memory update).
       transfer: at test time, re-style features with the memory.
+      features: the backbone's outputs for the B*K supports then the B queries, up to
+        memory_stage (or further), computed before by feature_cache.FeatureCache.
 
     Returns:
       'logits' [B, h, w, 2] (feature resolution), 'orth_loss' []; in training
@@ -168,7 +194,7 @@ class MMT(nn.Module):
       restyle = 'source'
     else:
       restyle = 'target' if transfer else None
-    emb, orth, diagnostics = self._encode(images, train=train, restyle=restyle, episodes=b)
+    emb, orth, diagnostics = self._encode(images, train=train, restyle=restyle, episodes=b, features=features)
     if restyle != 'source':
       logits, _ = self._segment(emb, b, k, support_labels)
       return {'logits': logits, 'orth_loss': orth, **diagnostics}
