@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from mmtjax import feature_cache, methods
+from mmtjax.methods.prototype import PrototypeMatcher
 from mmtjax.models.mmnet import MMNet
 from mmtjax.models.mmt import MMT
-from mmtjax.methods.prototype import PrototypeMatcher
 
 B, K, S = 2, 2, 32
 
