@@ -33,7 +33,7 @@ from mmtjax import (
 )
 from mmtjax.data import datasets, pipeline, protocols, transforms
 from mmtjax.data import episodes as episode_lists
-from mmtjax.errors import UserError
+from mmtjax.errors import UserError, warn
 from mmtjax.models import get_model
 from mmtjax.state import create_train_state, untrained_variables
 
@@ -165,6 +165,8 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
             'host_wait_share': round(waited / steady, 4) if later and steady > 0 else None}
   lines = episode_lists.episode_lines(episodes, split)
   tested = sorted({int(c) for r in results.values() for c in r['per_class']})
+  for r in results.values():  # the same IoUs under the dataset's class names (per_class: by class id)
+    r['per_class_by_name'] = {split.class_name(int(c)): v for c, v in r['per_class'].items()}
   report = {'dataset': dataset, 'split': split_name or config.data.test_split, 'shot': config.data.shot,
             'protocol': protocol.name, 'seed': protocol.seed, 'kshot': kshot, 'num_episodes': len(episodes),
             'episodes_sha256': episode_lists.list_sha256(lines),
@@ -614,7 +616,15 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, *, test_datasets: lis
         chosen = protocol if per_run else dataclasses.replace(protocol, seed=seed)
         logging.info('evaluating %s step %d on %s/%s, %d-shot, seed %d', where, s, name,
                      cfg.data.test_split, shot, seed)
-        run = evaluate_variables(model, replicated, cfg, split, protocol=chosen, step_cache=cache)
+        try:
+          run = evaluate_variables(model, replicated, cfg, split, protocol=chosen, step_cache=cache)
+        except episode_lists.ShotCountError as e:
+          if total_runs == 1:
+            raise
+          warn(f'{name}: left out of the {shot}-shot cell: {e}')
+          skipped.append({'dataset': name, 'shot': shot, 'reason': str(e)})
+          total_runs -= len(_parse_seeds(seeds, protocol.seed))
+          break
         run.update(step=s, checkpoint=os.path.join(where, checkpointing.BEST_SUBDIR if best
                                                     else checkpointing.SUBDIR) if trained else
                    f'training-free: {config.model.pretrained}', episode_seed=chosen.seed, seed=seed)

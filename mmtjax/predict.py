@@ -152,20 +152,22 @@ class Predictor:
     return transforms.normalize(image), label, content
 
   def segment_many(self, queries: Sequence[np.ndarray], supports: Sequence[np.ndarray],
-                   support_masks: Sequence[np.ndarray]) -> list[Prediction]:
-    """Segments every query with the same K supports and masks (numpy uint8 images, any size)."""
+                   support_masks: Sequence[np.ndarray], names: Sequence[str] | None = None) -> list[Prediction]:
+    """Segments every query with the same K supports and masks (numpy uint8 images, any size).
+    `names`: what messages call each support (e.g. its file; default 'support k')."""
     if not supports or len(supports) != len(support_masks):
       raise UserError(f'need K >= 1 support images and as many masks, got {len(supports)} and '
                       f'{len(support_masks)}')
+    names = list(names) if names is not None else [f'support {k}' for k in range(len(supports))]
     shots_img, shots_lab, full = [], [], []
     for k, (image, mask) in enumerate(zip(supports, support_masks)):
-      image, mask = _rgb(image, f'support {k}'), _binary(mask, f'support mask {k}')
+      image, mask = _rgb(image, names[k]), _binary(mask, f'the mask of {names[k]}')
       if mask.all():
         full.append(k)
       if image.shape[:2] != mask.shape:
         from mmtjax.data.builders.raw import same_aspect  # noqa: PLC0415
         if not same_aspect(image.shape[:2], mask.shape):
-          raise UserError(f'support {k}: image {image.shape[:2]} and mask {mask.shape} differ in size (and in '
+          raise UserError(f'{names[k]}: image {image.shape[:2]} and mask {mask.shape} differ in size (and in '
                           f'aspect ratio)')
         # The same picture at another scale (Weizmann horses' masks): the image takes the mask's size.
         image = np.asarray(Image.fromarray(image).resize(mask.shape[::-1], Image.BICUBIC))
@@ -173,11 +175,12 @@ class Predictor:
       shots_img.append(im)
       shots_lab.append(lab)
     if full and len(full) == len(support_masks):
-      raise UserError(f'support mask{"s" if len(full) > 1 else ""} {", ".join(map(str, full))} cover the whole '
-                      f'image: the model compares the object with its background, so at least one support must '
-                      f'show background (crop a wider view, or add a support that does)')
+      raise UserError(f'the mask{"s" if len(full) > 1 else ""} of {", ".join(names[k] for k in full)} cover the '
+                      f'whole image: the model compares the object with its background, so at least one support '
+                      f'must show background (crop a wider view, or add a support that does)')
     for k in full:
-      warn(f'support mask {k} covers the whole image (no background); the other supports give the background')
+      warn(f'the mask of {names[k]} covers the whole image (no background); the other supports give the '
+           f'background')
     rgb = [_rgb(q, f'query {i}') for i, q in enumerate(queries)]
     prepared = [self._prepare(q, None) for q in rgb]
     n = len(prepared)

@@ -224,12 +224,12 @@ def test_episode_panels_keep_the_images_resolution_and_bars_show_every_mode(tmp_
     assert (bars == colour).all(-1).sum() > 100
 
 
-def test_several_own_folders_in_one_sweep(tfds_dir, trained_workdir, tmp_path):
+def test_several_own_folders_in_one_sweep(tfds_dir, trained_workdir, tmp_path, capsys):
   from PIL import Image
   rng = np.random.default_rng(1)
-  for target, classes in (('horse', ('horse', 'pony')), ('ph2', ('lesion',))):
+  for target, classes, count in (('horse', ('horse', 'pony'), 4), ('ph2', ('lesion',), 3)):
     for c in classes:
-      for i in range(3):
+      for i in range(count):
         folder = tmp_path / target / c
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f'{i}.png')
@@ -238,13 +238,19 @@ def test_several_own_folders_in_one_sweep(tfds_dir, trained_workdir, tmp_path):
         Image.fromarray(mask).save(folder / f'{i}_mask.png')
   config = tiny_config(tfds_dir)
   config.eval.num_episodes = 4
-  report = eval_lib.sweep(config, trained_workdir, test_datasets=['horse=folder', 'ph2=folder'],
+  report = eval_lib.sweep(config, trained_workdir, test_datasets=['horse=folder', 'ph2=folder'], shots=[1, 3],
                           manual_dirs={'horse': str(tmp_path / 'horse'), 'ph2': str(tmp_path / 'ph2')},
                           output=str(tmp_path / 'two.json'))
-  assert {r['dataset'] for r in report['runs']} == {'horse', 'ph2'}
+  # ph2's 3 images cannot serve a 3-shot episode: that cell is left out with one line, the rest runs.
+  assert sorted((r['dataset'], r['shot']) for r in report['runs']) == [('horse', 1), ('horse', 3), ('ph2', 1)]
+  assert [(x['dataset'], x.get('shot')) for x in report['skipped']] == [('ph2', 3)]
+  err = [ln for ln in capsys.readouterr().err.splitlines() if 'left out' in ln]
+  assert len(err) == 1 and err[0].startswith('warning: ph2: left out of the 3-shot cell: 3-shot episodes need 4')
   assert all(r['dataset_kind'] == 'folder' for r in report['runs'])
   assert {r['class_names']['1'] for r in report['runs']} == {'horse', 'lesion'}
-  assert {r['dataset'] for r in report['summary']} == {'horse', 'ph2', 'mean'}
+  assert {r['dataset'] for r in report['summary']} >= {'horse', 'ph2', 'mean'}
+  ph2 = next(r for r in report['runs'] if r['dataset'] == 'ph2')
+  assert set(next(iter(ph2['results'].values()))['per_class_by_name']) == {'lesion'}
   with pytest.raises(UserError, match="test dataset 'folder' is named twice; label each one"):
     eval_lib.sweep(config, trained_workdir, test_datasets=['folder', 'folder'])
 

@@ -59,13 +59,13 @@ def test_api_bad_input(workdir, tmp_path, capsys):
   with pytest.raises(UserError, match='no foreground'):
     predictor.segment(q, [s], [np.zeros_like(sm)])
   # All foreground: no background to compare with. Alone an error; beside a support with background a warning.
-  with pytest.raises(UserError, match='support mask 0 cover the whole image: .* at least one support must show '
+  with pytest.raises(UserError, match='the mask of support 0 cover the whole image: .* at least one support must show '
                                       'background'):
     predictor.segment(q, [s], [np.ones_like(sm)])
   capsys.readouterr()
   assert predictor.segment(q, [s, s], [np.ones_like(sm), sm > 0]).mask.shape == (20, 20)
-  assert capsys.readouterr().err.strip() == ('warning: support mask 0 covers the whole image (no background); '
-                                             'the other supports give the background')
+  assert capsys.readouterr().err.strip() == ('warning: the mask of support 0 covers the whole image (no '
+                                             'background); the other supports give the background')
   with pytest.raises(UserError, match=r'support 0: image \(20, 20\) and mask \(10, 20\) differ in size'):
     predictor.segment(q, [s], [sm[:10]])
   with pytest.raises(UserError, match='no checkpoints in'):
@@ -87,8 +87,9 @@ def test_command_line(workdir, tmp_path):
   for args, message in (
       (['--query', str(tmp_path / 'q.jpg'), '--out', str(out)], 'exists'),
       (['--query', str(tmp_path / 'notes.txt'), '--out', str(tmp_path / 'x.png')], 'not an image'),
-      (['--query', str(tmp_path / 'q.jpg')], 'one --out per --query')):
+      (['--query', str(tmp_path / 'q.jpg')], 'one --out per --query'),
+      (['--query', str(tmp_path / 'q.jpg'), '--out', str(tmp_path / 'missing' / 'q.png')], 'no folder')):
     with pytest.raises(SystemExit) as e:
       main(['--workdir', workdir, '--support', f'{tmp_path}/s.jpg:{tmp_path}/s_mask.png', *args])
     assert e.value.code == 2, message
-  assert out.read_bytes() == before
+  assert out.read_bytes() == before and not (tmp_path / 'missing').exists()

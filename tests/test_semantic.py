@@ -216,13 +216,25 @@ def test_rgb_palette_masks_and_split_lists(tmp_path, capsys):
 def test_bad_input_is_one_line_or_a_counted_note(tmp_path, capsys):
   root = tmp_path / 'CamVid'
   _camvid(root, n=(4, 2, 2))
-  # A class list naming fewer classes than the masks use: the values beyond it are ignored, warned, counted.
+  # A class list naming fewer classes than the masks use (issue 40: a class never disappears silently):
+  # one line naming the file, the value and both fixes; nothing is cached as built.
   data = _data(tmp_path, root, semantic={'classes': ','.join(CAMVID[:9]), 'ignore_index': 11})
   data.test_dataset = 'mmtjax_shapes'
-  train = datasets.load_split(data, 'train', training=True)
-  err = [ln for ln in capsys.readouterr().err.splitlines() if 'unknown label value 9 ' in ln]
-  assert len(err) == 1 and err[0].startswith('warning: semantic/train: ') and 'beyond the 9 classes' in err[0]
-  assert all(IGNORE_LABEL in transforms.decode_image(train.source[i]['label'], 'x') for i in range(4))
+  with pytest.raises(UserError, match=r'CamVid/\w+annot/\w+\.png holds label value (9|10), beyond the 9 classes '
+                                      r'.*data\.semantic\.classes .*data\.semantic\.ignore_index=(9|10)$'):
+    datasets.load_split(data, 'train', training=True)
+  assert not datasets.is_prepared(data)
+  # JSON palettes: a malformed, an out-of-range and a shared entry are one line naming the entry.
+  for palette, match in (([[0, 0, 0], [64, 64]], r'palette entry 1 \(class .b.\) is \[64, 64\]; each must be'),
+                         ([[0, 0, 0], '#404040'], r'palette entry 1 \(class .b.\) is "#404040"'),
+                         ([[0, 0, 0], [0, 300, 0]], r'palette entry 1 \(class .b.\) is \[0, 300, 0\]: values must'),
+                         ([[0, 0, 0], [0, 0, 0]], r"classes 'a' and 'b' share the palette colour"),
+                         ([[0, 0, 0]], r'one \[r, g, b\] per class \(2 classes\), got 1 entries')):
+    spec = tmp_path / 'pal' / 'classes.json'
+    spec.parent.mkdir(exist_ok=True)
+    spec.write_text(json.dumps({'classes': ['a', 'b'], 'palette': palette}))
+    with pytest.raises(UserError, match=match):
+      semantic.read_classes(str(spec.parent), None)
   # No class list at all; a class list file that does not exist; two classes sharing a name.
   for sem, match in (({}, 'no class list: put classes.txt or classes.json in'),
                      ({'classes': 'nope.txt'}, 'the class list nope.txt does not exist'),

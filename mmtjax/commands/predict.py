@@ -66,6 +66,13 @@ def _predict_files(args) -> None:
   for out in args.out:
     if os.path.exists(out):
       raise UserError(f'--out {out} exists; choose another path (outputs are never overwritten)')
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+      raise UserError(f'--out {out}: the folder {folder} does not exist; create it first')
+    if not os.access(folder, os.W_OK):
+      raise UserError(f'--out {out}: the folder {folder} is not writable')
+    if not out.lower().endswith('.png'):
+      raise UserError(f'--out {out}: masks are written as PNG; give a name ending in .png')
   supports, masks = [], []
   for spec in args.support:
     image, sep, mask = spec.rpartition(':')
@@ -78,7 +85,8 @@ def _predict_files(args) -> None:
     predictor = Predictor.from_config(_config(args), adapt_steps=args.adapt_steps)
   else:
     predictor = Predictor.from_workdir(args.workdir, best=args.best, step=args.step, adapt_steps=args.adapt_steps)
-  for out, pred in zip(args.out, predictor.segment_many(queries, supports, masks)):
+  named = [spec.rpartition(':')[0] for spec in args.support]
+  for out, pred in zip(args.out, predictor.segment_many(queries, supports, masks, names=named)):
     tmp = f'{out}.tmp{os.getpid()}.png'
     Image.fromarray(pred.mask * 255).save(tmp)
     os.replace(tmp, out)

@@ -263,6 +263,10 @@ def list_sha256(lines: Sequence[dict]) -> str:
   return hashlib.sha256(list_text(lines).encode()).hexdigest()
 
 
+class ShotCountError(UserError):
+  """A test class has too few images for the shot count (a sweep leaves that cell out)."""
+
+
 def protocol_episodes(split, data, protocol, shot: int) -> list[Episode]:
   """The test episodes of a protocol (protocols.Protocol) on a split."""
   if protocol.order == 'anchors':
@@ -273,7 +277,7 @@ def protocol_episodes(split, data, protocol, shot: int) -> list[Episode]:
   if small:
     c, n = min(small.items(), key=lambda kv: kv[1])
     fits = min(n for n in counts.values() if n >= 2) - 1
-    raise UserError(f'{shot}-shot episodes need {shot + 1} images of each test class; {len(small)} of '
+    raise ShotCountError(f'{shot}-shot episodes need {shot + 1} images of each test class; {len(small)} of '
                     f'{len(split.classes)} classes of {split.dataset}/{split.name} have fewer (class '
                     f'{split.class_name(c)}: {n}); the largest shot count every class allows is {fits}')
   sampler = EpisodeSampler(split.index, split.classes, shot, seed=protocol.seed)

@@ -115,18 +115,18 @@ def read_classes(root: str, classes) -> tuple[tuple[str, ...], np.ndarray | None
     except (OSError, ValueError) as e:
       raise UserError(f'semantic: cannot read the class list {path}: {e}') from e
     if isinstance(spec, list):  # [{"name": ..., "color": [r, g, b]}, ...] or [names]
+      for i, entry in enumerate(spec):
+        if isinstance(entry, dict) and 'name' not in entry:
+          raise UserError(f'semantic: {path}: class entry {i} ({entry!r}) has no "name"')
       spec = {'classes': [s['name'] if isinstance(s, dict) else s for s in spec],
               'palette': [s['color'] for s in spec] if spec and all(isinstance(s, dict) and 'color' in s
                                                                   for s in spec) else None}
+    if not isinstance(spec, dict):
+      raise UserError(f'semantic: {path}: expected {{"classes": [...], "palette": [[r, g, b], ...]}} or a list of '
+                      f'class names, got {type(spec).__name__}')
     names, colours = spec.get('classes') or [], spec.get('palette')
     if colours is not None:
-      palette = np.asarray(colours)
-      if palette.shape != (len(names), 3) or palette.min() < 0 or palette.max() > 255:
-        raise UserError(f'semantic: {path}: the palette must be one [r, g, b] (0-255) per class '
-                        f'({len(names)} classes)')
-      palette = palette.astype(np.uint8)
-      if len({tuple(c) for c in palette.tolist()}) < len(names):
-        raise UserError(f'semantic: {path}: two classes share a palette colour')
+      palette = _palette(colours, names, path)
   else:
     with open(path, encoding='utf-8') as f:
       names = [line.strip() for line in f if line.strip()]
@@ -138,6 +138,27 @@ def read_classes(root: str, classes) -> tuple[tuple[str, ...], np.ndarray | None
   if len(names) > MAX_CLASSES:
     raise UserError(f'semantic: {len(names)} classes; at most {MAX_CLASSES} are supported')
   return tuple(names), palette
+
+
+def _palette(colours, names: list, path: str) -> np.ndarray:
+  """A JSON class list's palette, checked entry by entry: [C, 3] uint8 of distinct colours."""
+  if not isinstance(colours, list) or len(colours) != len(names):
+    count = len(colours) if isinstance(colours, list) else type(colours).__name__
+    raise UserError(f'semantic: {path}: the palette must be a list of one [r, g, b] per class ({len(names)} '
+                    f'classes), got {count} entries')
+  seen = {}
+  for i, c in enumerate(colours):
+    name = names[i] if i < len(names) else i
+    if not (isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and not isinstance(v, bool) for v in c)):
+      raise UserError(f'semantic: {path}: palette entry {i} (class {name!r}) is {json.dumps(c)}; each must be '
+                      f'[r, g, b], three integers 0-255 (e.g. [64, 64, 64])')
+    if any(not 0 <= v <= 255 for v in c):
+      raise UserError(f'semantic: {path}: palette entry {i} (class {name!r}) is {json.dumps(c)}: values must be '
+                      f'0-255')
+    if tuple(c) in seen:
+      raise UserError(f'semantic: {path}: classes {seen[tuple(c)]!r} and {name!r} share the palette colour {c}')
+    seen[tuple(c)] = name
+  return np.asarray(colours, np.uint8)
 
 
 def _files(folder_path: str, suffix: str | None, extensions) -> dict[str, str]:
@@ -158,8 +179,8 @@ def _files(folder_path: str, suffix: str | None, extensions) -> dict[str, str]:
 
 
 def label_map(path: str, num_classes: int, opts: dict, palette: np.ndarray | None) -> raw.Mask:
-  """An annotation file -> stored ids (class i -> i + 1, ignored -> 255); values beyond the class
-  list become 255 and are noted, one issue per value."""
+  """An annotation file -> stored ids (class i -> i + 1, ignored -> 255); a value beyond the class
+  list (neither a class nor the ignore index) stops the build with one line naming it."""
   m = raw.mask_pixels(path) if palette is not None else _index_pixels(path)
   if m.ndim == 3:
     if palette is None:
@@ -179,10 +200,15 @@ def label_map(path: str, num_classes: int, opts: dict, palette: np.ndarray | Non
     v = v - 1
     ignore |= v == opts['ignore_index']
   unknown = ~ignore & ((v < 0) | (v >= num_classes))
-  out = np.where(ignore | unknown, IGNORE_LABEL, v + 1).astype(np.uint8)
-  issues = tuple(f'unknown label value {v} (beyond the {num_classes} classes of the class list and not '
-                 f'data.semantic.ignore_index: ignored)' for v in np.unique(m[unknown]).tolist())
-  return raw.Mask(out, issues)
+  if unknown.any():  # a short class list, or void pixels without their ignore index: never dropped silently
+    value = int(np.unique(m[unknown])[0])
+    raise raw.RawDataError(
+        f'semantic: {path} holds label value {value}, beyond the {num_classes} classes of the class list '
+        f'(values 0-{num_classes - 1}{", after reduce_zero_label" if opts["reduce_zero_label"] else ""}); add its '
+        f'class to data.semantic.classes (in label order) or, if it marks void pixels, set '
+        f'data.semantic.ignore_index={value}')
+  out = np.where(ignore, IGNORE_LABEL, v + 1).astype(np.uint8)
+  return raw.Mask(out, ())
 
 
 def _index_pixels(path: str) -> np.ndarray:
