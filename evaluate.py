@@ -54,6 +54,8 @@ _MANUAL_DIR = flags.DEFINE_multi_string('manual_dir', [], 'NAME=PATH: the raw fi
                                         'built yet, NAME a dataset or a --datasets label (repeatable).')
 _SAVE_PREDICTIONS = flags.DEFINE_integer('save_predictions', 0, 'Write PNG panels of the first N test '
                                          'episodes per dataset, shot and eval mode.')
+_PRINT_CONFIG = flags.DEFINE_bool('print_config', False, 'Print the resolved config this evaluation would use '
+                                   '(--config, or the run\'s own) and exit.')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -114,6 +116,9 @@ def _run():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _PRINT_CONFIG.value:
+    cli.run(lambda: cli.print_config(_config(), training=False))
+    return
   from mmtjax import distributed
   from mmtjax.eval_lib import format_report
   cli.compile_cache()
@@ -121,7 +126,8 @@ def main(argv):
   report = cli.run(_run, _WORKDIR.value)
   if report.get('kind') == 'sweep':
     for s in report['skipped']:
-      print(f"skipped {s['dataset']}: {s['reason']}")
+      if 'shot' not in s:  # (a left-out shot cell was a warning line when it happened)
+        print(f"skipped {s['dataset']}: {s['reason']}")
     print(reports.terminal_table(report['summary'], report['method']))
   else:
     print(format_report(report))

@@ -20,12 +20,19 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and m
 _STOP_AFTER = flags.DEFINE_integer(
     'stop_after_steps', None, 'Train at most this many steps in this run, save and exit '
     '(the next run resumes there).')
-flags.mark_flags_as_required(['config', 'workdir'])
+_PRINT_CONFIG = flags.DEFINE_bool('print_config', False, 'Print the resolved config and exit (no training; '
+                                   '--workdir not needed).')
+flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _PRINT_CONFIG.value:
+    cli.run(lambda: cli.print_config(_CONFIG.value, training=True))
+    return
+  if not _WORKDIR.value:
+    cli.fail('--workdir is required (where checkpoints and metrics go)')
   from mmtjax import distributed, train_lib  # Here: --help and flag errors answer without JAX.
   cli.compile_cache()
   train_lib.raise_on_sigterm()  # SIGTERM outside the training loop: one line, exit 0.

@@ -36,6 +36,16 @@ def _one_line(message: str) -> str:
   return ' '.join(part.strip() for part in str(message).splitlines() if part.strip())
 
 
+def print_config(config, *, training: bool) -> None:
+  """The config as a command would run it: the dataset's own splits and protocol filled in, every
+  field checked (one error line otherwise); nothing is built, trained or written."""
+  from mmtjax import config_lib
+  from mmtjax.data import datasets
+  datasets.resolve(config, training=training)
+  config_lib.validate(config)
+  print(config)
+
+
 def fail(message: str, status: int = 2) -> None:
   print(f'error: {_one_line(message)}', file=sys.stderr, flush=True)
   sys.exit(status)

@@ -316,3 +316,25 @@ def test_a_stray_word_on_the_command_line_is_one_line(tmp_path, command, extra):
   assert out.returncode == 2 and len(lines) == 1, out.stderr
   assert lines[0].startswith(f"error: unexpected argument '{extra[-1]}'"), lines
   assert not workdir.exists()
+
+
+def test_ask_what_there_is_and_the_config_a_command_would_run(tmp_path, capsys):
+  """Issue 40: the list command names every method, backbone (with its weight files), dataset
+  and config variant; --print_config prints the resolved config and runs nothing."""
+  from mmtjax import methods
+  from mmtjax.commands import list as list_cmd
+  from mmtjax.data import datasets
+  from mmtjax.models import backbones
+  assert list_cmd.main([]) == 0
+  out = capsys.readouterr().out
+  for section in list_cmd.SECTIONS:
+    assert f'{section}:\n' in out
+  assert all(f'  {m} ' in out for m in methods.names())
+  assert all(f'  {b} ' in out for b in backbones.NAMES) and 'dinov2_vits14_pretrain.pth' in out
+  assert all(f'  {d} ' in out for d in datasets.DATASETS) and 'configs/patnet.py:target=' in out
+  workdir = tmp_path / 'never'
+  proc = _cli('train.py', '--config', 'configs/default.py:model=baseline', '--config.data.shot=2',
+              '--workdir', str(workdir), '--print_config')
+  assert proc.returncode == 0, proc.stderr
+  assert 'name: baseline' in proc.stdout and 'shot: 2' in proc.stdout and 'train_split: source' in proc.stdout
+  assert not workdir.exists()

@@ -18,7 +18,8 @@ trained on other data, every class is a test class. Images without a mask, unrea
 skipped and listed in the build report; an empty mask is dropped (counted).
 
 Each root is its own dataset (tfds config `<folder name>_<hash of the path>`):
-a changed folder is rebuilt by deleting <data_dir>/folder/<that config>.
+files added, removed or changed after the build are noticed and the folder is
+rebuilt (datasets.load_raw_builder).
 """
 
 from __future__ import annotations
