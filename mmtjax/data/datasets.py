@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import io
 import json
 import logging
 import os
@@ -15,6 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
+from mmtjax import progress
 from mmtjax.data import episodes, synthetic
 from mmtjax.data.builders import (
   chest_xray,
@@ -170,7 +173,9 @@ def load_raw_builder(name: str, data_dir: str | None, manual_dir: str | None,
     root = builder.find_root(manual_dir)  # Before any work: one line when the files are not there.
     manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
     fingerprint = _fingerprint(root, _tfds_root(builder)) if name in OWN else None
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    progress.line(f'building {name} from {root} into {builder.data_dir} (first use; read from there after)')
+    with contextlib.redirect_stdout(io.StringIO()):  # tfds' "Downloading and preparing ... Unknown size"
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     raw.write_report(builder)
     if fingerprint is not None:
       _write_json(os.path.join(os.fspath(builder.data_dir), _FINGERPRINT), fingerprint)

@@ -105,6 +105,8 @@ SPECS = {
     # The architecture of tests/golden/vit/dinov2_tiny.pth, a file Meta's own code wrote: a
     # CPU-sized ViT that has real weights, for the command-line tests of pretrained loading.
     'dinov2_golden14': ViTSpec('dinov2', 14, 64, 4, 2, pos_grid=4),
+    # With 4 registers: the architecture of tests/golden/layouts' register files (transformers, timm).
+    'dinov2_golden14_reg': ViTSpec('dinov2', 14, 64, 4, 2, registers=4, pos_grid=4, antialias=True, offset=0.0),
 }
 
 

@@ -19,8 +19,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from mmtjax.weights import dinov2_layouts, files
 from mmtjax.weights import vit as vit_weights
-from mmtjax.weights.torch_pth import WeightsError, load_state_dict
+from mmtjax.weights.torch_pth import WeightsError
 
 _IGNORED = re.compile(r'^(fc|classifier)\.|num_batches_tracked$')
 
@@ -121,7 +122,9 @@ def _from_mmtjax_run(workdir: str, template: dict) -> dict:
 
 def load_backbone(path: str, variables: dict, backbone: Any, note=None) -> dict:
   """`variables` (params and batch_stats of a model) with their 'encoder' parts from `path`:
-  a PyTorch .pth file, or the workdir of another mmtjax run (its latest checkpoint).
+  a PyTorch .pth or a .safetensors file, a Hugging Face snapshot folder (weights.files), or the
+  workdir of another mmtjax run (its latest checkpoint). A DINOv2's keys may follow Meta's,
+  transformers' or timm's names (weights.dinov2_layouts).
 
   `backbone` is the model's backbone module (models.backbones.get_backbone): its `arch` picks
   the key layout ('resnet', 'vgg', or a ViT family, whose weights are Meta's, read by
@@ -135,9 +138,15 @@ def load_backbone(path: str, variables: dict, backbone: Any, note=None) -> dict:
   if os.path.isdir(os.path.join(path, 'checkpoints')):
     loaded = _from_mmtjax_run(path, template)
   elif vit_spec is not None:
-    loaded = vit_weights.vit_from_torch(load_state_dict(path), template, vit_spec, note=note)
+    state, kind = files.read(path), 'meta'
+    if vit_spec.family == 'dinov2':  # Meta's, transformers' or timm's names, told apart by the keys
+      state, kind = dinov2_layouts.to_meta(state)
+    try:
+      loaded = vit_weights.vit_from_torch(state, template, vit_spec, note=note)
+    except WeightsError as e:
+      raise WeightsError(f'{e} (read as the {kind} layout)') from None
   else:
-    loaded = backbone_from_torch(load_state_dict(path), template, backbone.arch)
+    loaded = backbone_from_torch(files.read(path), template, backbone.arch)
   out: dict[str, Any] = {c: dict(variables[c]) for c in variables}
   for c in collections:
     out[c]['encoder'] = loaded[c]
