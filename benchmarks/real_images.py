@@ -277,6 +277,15 @@ def _sweep(config, workdir: str, args, shots, seeds=None, adapt_steps: int = 0) 
                         shots=list(shots), seeds=seeds, manual_dirs=manual)
 
 
+def _speed(report: dict) -> dict:
+  """Evaluation episodes/s per shot (the mean over the sweep's runs, compiling batches excluded)."""
+  out = {}
+  for r in report.get('runs', [report]):
+    if r.get('episodes_per_s'):
+      out.setdefault(str(r['shot']), []).append(r['episodes_per_s'])
+  return {shot: round(float(np.mean(v)), 2) for shot, v in out.items()}
+
+
 def _rows(report: dict, label: str | None = None, suffix: str = '') -> list[dict]:
   out = []
   for r in report['summary']:
@@ -341,14 +350,16 @@ def run(args) -> None:
   from mmtjax import train_lib
   _register_trivial()
   t0 = time.time()
-  rows, timing = [], {}
+  rows, timing, speed = [], {}, {}
   only = set(args.rows)
   for name in ('all_foreground', 'colour_histogram', 'prototype'):
     if name not in only:
       continue
     t = time.time()
     cfg = _config(name, 1, args.data, args.weights if name == 'prototype' else None, **PROTOTYPE)
-    rows += _rows(_sweep(cfg, os.path.join(args.workdir, name), args, args.shots))
+    report = _sweep(cfg, os.path.join(args.workdir, name), args, args.shots)
+    rows += _rows(report)
+    speed[f'{name} evaluation episodes/s'] = _speed(report)
     timing[name] = time.time() - t
     print(f'{name}: {timing[name]:.0f} s', flush=True)
   for name, fields in METHODS.items():
@@ -356,21 +367,31 @@ def run(args) -> None:
       continue
     t = time.time()
     seeds = args.method_seeds.get(name, args.seeds)
+    per_seed = []
     for seed in seeds:
       cfg = _config(name, 1, args.data, args.weights, **TRAIN, **fields, seed=seed)
+      ts = time.time()
       train_lib.train(cfg, os.path.join(args.workdir, name, str(seed)))
+      per_seed.append(round(time.time() - ts, 1))
     timing[f'{name} training'] = time.time() - t
+    speed[f'{name} training s per seed (300 steps, compiling and first feature pass included)'] = per_seed
     t = time.time()
     cfg = _config(name, 1, args.data, args.weights, **TRAIN, **fields)
     where = os.path.join(args.workdir, name, '{seed}')
-    rows += _rows(_sweep(cfg, where, args, args.shots, seeds=seeds), label=None)
-    if args.adapt_steps:
-      rows += _rows(_sweep(cfg, where, args, [5], seeds=seeds, adapt_steps=args.adapt_steps))
+    report = _sweep(cfg, where, args, args.shots, seeds=seeds)
+    rows += _rows(report, label=None)
+    speed[f'{name} evaluation episodes/s'] = _speed(report)
+    if args.adapt_steps and name in args.adapt_methods:
+      adapt_seeds = seeds[:args.adapt_seed_count]
+      report = _sweep(cfg, where, args, [5], seeds=adapt_seeds, adapt_steps=args.adapt_steps)
+      rows += [r for r in _rows(report) if r['row'].endswith('+adapt')]
+      speed[f'{name} adapted evaluation episodes/s'] = _speed(report)
     timing[f'{name} evaluation'] = time.time() - t
     print(f'{name}: {timing[f"{name} training"]:.0f} s training, {timing[f"{name} evaluation"]:.0f} s evaluation',
           flush=True)
   wall = time.time() - t0
-  result = {'rows': rows, 'timing_s': timing, 'wall_s': wall, 'device': _device(), 'command': ' '.join(sys.argv),
+  result = {'rows': rows, 'timing_s': timing, 'speed': speed, 'wall_s': wall, 'device': _device(),
+            'command': ' '.join(sys.argv),
             'weights': args.weights, 'image_size': IMAGE_SIZE, 'episodes': args.episodes, 'seeds': args.seeds,
             'method_seeds': args.method_seeds}
   _write(args.workdir, 'real_images.json', result)
@@ -421,7 +442,9 @@ if __name__ == '__main__':
   a.add_argument('--shots', type=lambda v: [int(x) for x in v.split(',')], default=[1, 5])
   a.add_argument('--seeds', type=lambda v: [int(x) for x in v.split(',')], default=[0, 1, 2])
   a.add_argument('--episodes', type=int, default=100)
-  a.add_argument('--adapt_steps', type=int, default=0)
+  a.add_argument('--adapt_steps', type=int, default=0, help='5-shot rows adapted with this many steps (0: none)')
+  a.add_argument('--adapt_methods', type=lambda v: v.split(','), default=['baseline', 'mmt'])
+  a.add_argument('--adapt_seed_count', type=int, default=3, help='the first N of --seeds for the adapted rows')
   a.add_argument('--method_seeds', type=json.loads, default={},
                  help='JSON {method: [seeds]} where a method trains other seeds than --seeds')
   a = sub.add_parser('select')

@@ -47,7 +47,7 @@ class ResidualNeck(nn.Module):
   Each stage is L2-normalised per token and the stages are concatenated, so
   that at initialisation the cosine of two tokens is the mean of their
   per-stage cosines (close to what `prototype` scores, which pools before it
-  normalises); a 1x1 linear map of the same width, initialised to zero and
+  normalises); a linear map of the channels (a 1x1 conv) of the same width, initialised to zero and
   passed through channel dropout, is added.
   Training thus starts from the training-free matcher and learns a
   correction, instead of replacing the pretrained features by a narrow
@@ -60,6 +60,8 @@ class ResidualNeck(nn.Module):
   @nn.compact
   def __call__(self, stages: list[jax.Array], *, train: bool) -> jax.Array:
     x = jnp.concatenate([ops.l2_normalize(s) for s in stages], axis=-1)
-    delta = nn.Conv(x.shape[-1], (1, 1), use_bias=False, kernel_init=nn.initializers.zeros,
-                    dtype=self.dtype, name='correction')(x)
+    # A Dense on the channels (a 1x1 conv): vmapped over episodes (test-time adaptation) it stays a
+    # batched matmul, where a conv with per-episode kernels becomes a grouped convolution (slow on CPU).
+    delta = nn.Dense(x.shape[-1], use_bias=False, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                     name='correction')(x)
     return x + nn.Dropout(self.dropout, broadcast_dims=(1, 2))(delta, deterministic=not train)
