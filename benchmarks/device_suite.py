@@ -76,7 +76,7 @@ def cpu_rows() -> list[tuple[str, str, dict, dict]]:
   return [
       ('mmnet, resnet_tiny, 32 px, 1-shot', 'model=mmnet', tiny, {'eval_episodes': 4}),
       ('mmt, dinov2_tiny frozen, 32 px, plain', 'model=mmt',
-       {**tiny, 'model.backbone': 'dinov2_tiny', 'model.attention': 'plain'}, {'eval_episodes': 4}),
+       {**tiny, 'model.backbone': 'dinov2_tiny', 'model.attention': 'plain'}, {'eval_episodes': 8}),
       ('adaptation 2-shot x 2 steps, mmt', 'model=mmt,shot=2', {**tiny, 'eval.adapt.steps': 2},
        {'eval_episodes': 4}),
   ]
@@ -93,6 +93,30 @@ def _command(arg: str, fields: dict, bench: dict, json_path: str, steps: int, wa
           *(_flag(k, v) for k, v in fields.items()),
           f'--steps={steps}', f'--warmup={warmup}', f'--eval_episodes={bench["eval_episodes"]}',
           '--pipeline_steps=2', f'--json={json_path}']
+
+
+def _in_process(name: str, arg: str, fields: dict, bench: dict, path: str, steps: int, warmup: int) -> dict:
+  """One row through mmtjax.bench.run in this process (the same numbers, no subprocess)."""
+  sys.path.insert(0, ROOT)
+  from configs import default
+  from mmtjax import bench as bench_lib
+  from mmtjax.errors import UserError
+  config = default.get_config(arg)
+  with config.unlocked():
+    for key, value in fields.items():
+      node = config
+      *parents, leaf = key.split('.')
+      for part in parents:
+        node = node[part]
+      node[leaf] = value
+  try:
+    result = bench_lib.run(config, steps=steps, warmup=warmup, eval_episodes=bench['eval_episodes'],
+                           pipeline_steps=2)
+  except UserError as e:
+    return {'row': name, 'error': str(e)}
+  with open(path, 'w') as f:
+    json.dump(result, f, indent=2)
+  return {'row': name, 'error': None, **result}
 
 
 def _versions() -> str:
@@ -143,6 +167,8 @@ def main(argv=None) -> int:
   p.add_argument('--cpu', action='store_true', help='tiny shapes and few steps (this CPU, the test suite)')
   p.add_argument('--rows', default=None, help='only the rows whose name holds one of these comma-separated words')
   p.add_argument('--timeout', type=int, default=150, help='seconds a row may take before it is stopped')
+  p.add_argument('--in_process', action='store_true', help='run the rows in this process (the test suite: '
+                 'no second JAX start-up; peak memory then counts every row so far)')
   p.add_argument('--budget', type=int, default=420, help='seconds: no row starts after this (the device '
                  'time of a session is short); skipped rows are listed')
   args = p.parse_args(argv)
@@ -166,6 +192,10 @@ def main(argv=None) -> int:
     path = os.path.join(out, f'row{i:02d}.json')
     cmd = _command(arg, fields, bench, path, steps, warmup)
     t = time.time()
+    if args.in_process:
+      results.append(_in_process(name, arg, fields, bench, path, steps, warmup))
+      print(f'{name}: {"ok" if results[-1]["error"] is None else results[-1]["error"]} ({time.time() - t:.0f} s)')
+      continue
     try:
       proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout)
       error = None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ['exit status '

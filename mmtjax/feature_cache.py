@@ -122,8 +122,10 @@ class FeatureCache:
     self.hits += len(keys) - len(missing)
     self.misses += len(missing)
     if missing:
-      # The misses padded to a power of two: a few compiled shapes, little work wasted.
-      size = min(1 << (len(missing) - 1).bit_length(), len(images))
+      # The misses padded to a quarter of the batch or to all of it: two compiled shapes (the first
+      # steps miss most images, later ones a few).
+      quarter = max(1, -(-len(images) // 4))
+      size = quarter if len(missing) <= quarter else len(images)
       chosen = images[missing + [missing[0]] * (size - len(missing))]
       out = jax.device_get(self._fn(self._variables, chosen))
       for j, i in enumerate(missing):

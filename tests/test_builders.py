@@ -535,7 +535,7 @@ def test_split_folders_sharing_classes_with_train_are_a_warning(tmp_path, capsys
   _folder_tree(tmp_path / 'd' / 'test', classes=('b', 'c'), n=2)
   data = _data('folder', tmp_path, tmp_path / 'd')
   assert datasets.load_split(data, 'test', training=False).classes == (2, 3)
-  lines = capsys.readouterr().err.strip().splitlines()
+  lines = [ln for ln in capsys.readouterr().err.strip().splitlines() if not ln.startswith('building ')]
   assert len(lines) == 1 and lines[0].startswith('warning: folder: the test split shares 1 of its 2 classes '
                                                  'with train (b)'), lines
   with pytest.raises(UserError, match='has split folders, which choose the classes; data.fold must be -1'):

@@ -15,9 +15,10 @@ def _suite():
 
 
 def test_cpu_mode_writes_each_row_and_a_table(tmp_path, capsys):
+  """One CPU row in this process (the subprocess path runs the same mmtjax.bench.run)."""
   suite = _suite()
   out = tmp_path / 'suite'
-  assert suite.main(['--cpu', '--rows', 'frozen', '--out', str(out)]) == 0
+  assert suite.main(['--cpu', '--in_process', '--rows', 'frozen', '--out', str(out)]) == 0
   rows = json.loads((out / 'row00.json').read_text())
   assert rows['model'] == 'mmt' and rows['train']['steps_timed'] == 3 and rows['eval']['episodes_per_s'] > 0
   table = (out / 'table.md').read_text()
