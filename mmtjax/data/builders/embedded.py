@@ -8,7 +8,9 @@ takes; TensorFlow is not needed. The 'tiny' config is for tests.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
+import io
 import multiprocessing
 
 import numpy as np
@@ -78,5 +80,9 @@ def load_builder(config_name: str = 'default', data_dir: str | None = None) -> M
   """The builder, generating and caching the dataset on first use."""
   builder = construction.new_builder(MmtjaxShapes, config=config_name, data_dir=data_dir,
                                      file_format='array_record')
-  builder.download_and_prepare()
+  if not builder.is_prepared():
+    from mmtjax import progress
+    progress.line(f'generating the embedded dataset into {builder.data_dir} (first use; read from there after)')
+    with contextlib.redirect_stdout(io.StringIO()):  # tfds' "Downloading and preparing ... Unknown size"
+      builder.download_and_prepare()
   return builder
