@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from mmtjax.data import anchors
-from mmtjax.errors import UserError
+from mmtjax.errors import UserError, warn
 
 # A class counts in an image from this many pixels (configs/default.py's data.min_pixels; the
 # episodes command's default, so its lists equal the evaluation's when no flag is given).
@@ -82,9 +82,8 @@ def cached_class_index(source, cache_dir: str, split: str, min_pixels: int, size
       c, i = lost[0]
       name = records[i].get('name', i)
       name = name.decode() if isinstance(name, bytes) else name
-      logging.warning('%s: %d class occurrences with >= %d pixels vanish when the mask is resized to %d px '
-                      '(data.image_size) and do not count (first: class %d in %s)',
-                      split, len(lost), min_pixels, size, c, name)
+      warn(f'{split}: {len(lost)} class occurrences with >= {min_pixels} pixels vanish when the mask is resized '
+           f'to {size} px (data.image_size) and do not count (first: class {c} in {name})')
   tmp = f'{path}.tmp{os.getpid()}'
   with open(tmp, 'w') as f:
     json.dump({str(c): v.tolist() for c, v in index.items()}, f)
