@@ -95,12 +95,10 @@ def _command(arg: str, fields: dict, bench: dict, json_path: str, steps: int, wa
           '--pipeline_steps=2', f'--json={json_path}']
 
 
-def _in_process(name: str, arg: str, fields: dict, bench: dict, path: str, steps: int, warmup: int) -> dict:
-  """One row through mmtjax.bench.run in this process (the same numbers, no subprocess)."""
+def configured(arg: str, fields: dict):
+  """configs/default.py:`arg` with a row's 'section.field' overrides, as its --config.* flags give."""
   sys.path.insert(0, ROOT)
   from configs import default
-  from mmtjax import bench as bench_lib
-  from mmtjax.errors import UserError
   config = default.get_config(arg)
   with config.unlocked():
     for key, value in fields.items():
@@ -109,6 +107,14 @@ def _in_process(name: str, arg: str, fields: dict, bench: dict, path: str, steps
       for part in parents:
         node = node[part]
       node[leaf] = value
+  return config
+
+
+def _in_process(name: str, arg: str, fields: dict, bench: dict, path: str, steps: int, warmup: int) -> dict:
+  """One row through mmtjax.bench.run in this process (the same numbers, no subprocess)."""
+  from mmtjax import bench as bench_lib
+  from mmtjax.errors import UserError
+  config = configured(arg, fields)
   try:
     result = bench_lib.run(config, steps=steps, warmup=warmup, eval_episodes=bench['eval_episodes'],
                            pipeline_steps=2)

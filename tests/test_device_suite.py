@@ -30,19 +30,11 @@ def test_cpu_mode_writes_each_row_and_a_table(tmp_path, capsys):
 
 def test_every_device_row_is_a_valid_config():
   """The device rows' configs resolve and validate here (a typo would cost a lent GPU)."""
-  from configs import default
   from mmtjax import config_lib
   from mmtjax.data import datasets
   suite = _suite()
   for name, arg, fields, _ in suite.device_rows():
-    config = default.get_config(arg)
-    with config.unlocked():
-      for key, value in fields.items():
-        node = config
-        *parents, leaf = key.split('.')
-        for part in parents:
-          node = node[part]
-        node[leaf] = value
+    config = suite.configured(arg, fields)
     datasets.resolve(config, training=True)
     config_lib.validate(config)
     assert name
