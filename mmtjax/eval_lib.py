@@ -55,10 +55,9 @@ def _test_loader(split: datasets.SplitData, protocol: protocols.Protocol,
                                 num_workers=config.data.num_workers, resize=protocol.resize)
 
 
-def _feature_cache(method, model, variables, config, rows, kshot: str):
+def _feature_cache(method, model, variables, config, kshot: str):
   """A fixed backbone's features once per image (feature_cache.py), or None: HSNet's vote splits
   the shots. (Adaptation reads them where its pseudo-episodes reuse the episode's images.)"""
-  del rows
   if kshot != 'model' and config.data.shot > 1:
     return None
   if method.feature_stop(config, training=False) is None:
@@ -111,7 +110,7 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
   # Multi-process: every process scores its own slice of each global batch.
   batches = pipeline.eval_batches(loader, episodes, (n_dev, per_device), jax.process_index(),
                                   jax.process_count())
-  features = _feature_cache(method, model, variables, config, rows, kshot)
+  features = _feature_cache(method, model, variables, config, kshot)
   if features is not None:
     batches = map(features.attach, batches)
 
