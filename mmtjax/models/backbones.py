@@ -142,8 +142,8 @@ class Backbone(nn.Module):
     widths: ResNet layer widths (before expansion) or VGG stage widths.
     block: 'bottleneck' or 'basic' (ResNet).
     stem: 'torchvision' or 'deep' (ResNet).
-    stem_widths: widths of the deep stem's three convs (its last also sets
-      the 7x7 stem's width).
+    stem_widths: widths of the deep stem's three convs.
+    stem_width: the 7x7 stem's width (None: widths[0], torchvision's 64).
     output_stride: 8 (dilated) or 32.
   """
   arch: str = 'resnet'
@@ -152,6 +152,7 @@ class Backbone(nn.Module):
   block: str = 'bottleneck'
   stem: str = 'torchvision'
   stem_widths: Sequence[int] = (64, 64, 128)
+  stem_width: int | None = None
   output_stride: int = 8
   axis_name: str | None = None
   dtype: Any = jnp.float32
@@ -162,7 +163,7 @@ class Backbone(nn.Module):
     kw = dict(axis_name=self.axis_name, dtype=self.dtype)
     if self.arch == 'resnet':
       block = {'bottleneck': Bottleneck, 'basic': BasicBlock}[self.block]
-      stem_widths = self.stem_widths if self.stem == 'deep' else (self.widths[0],)
+      stem_widths = self.stem_widths if self.stem == 'deep' else (self.stem_width or self.widths[0],)
       dilated = self.output_stride == 8
       self.stages = [
           Stem(self.stem, stem_widths, **kw),
@@ -205,6 +206,10 @@ _BACKBONES = {
     # CPU-sized network for tests and the embedded demo.
     'resnet_tiny': dict(arch='resnet', stage_sizes=(1, 1, 1, 1), widths=(16, 32, 64, 128),
                         block='basic', stem='deep', stem_widths=(16, 16, 32)),
+    # The architecture of tests/golden/layouts' timm ResNets (bottleneck, one block a stage, timm's
+    # 64-wide 7x7 stem; its deep stem with model.stem=deep), CPU-sized, for the weight-layout tests.
+    'resnet_golden': dict(arch='resnet', stage_sizes=(1, 1, 1, 1), widths=(8, 16, 32, 64),
+                          block='bottleneck', stem_widths=(8, 8, 16), stem_width=64),
 }
 
 

@@ -107,6 +107,10 @@ SPECS = {
     'dinov2_golden14': ViTSpec('dinov2', 14, 64, 4, 2, pos_grid=4),
     # With 4 registers: the architecture of tests/golden/layouts' register files (transformers, timm).
     'dinov2_golden14_reg': ViTSpec('dinov2', 14, 64, 4, 2, registers=4, pos_grid=4, antialias=True, offset=0.0),
+    # DINOv3 at that size (patch 16): tests/golden/layouts' DINOv3 files (transformers, timm).
+    'dinov3_golden16': ViTSpec('dinov3', 16, 64, 4, 2, registers=4, ln_eps=1e-5, layerscale=1e-5),
+    'dinov3_golden16_swiglu': ViTSpec('dinov3', 16, 64, 4, 2, ffn='swiglu', ffn_ratio=6.0, registers=4,
+                                      ln_eps=1e-5, layerscale=1e-5),
 }
 
 

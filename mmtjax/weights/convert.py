@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from mmtjax.weights import dinov2_layouts, files
+from mmtjax.weights import dinov2_layouts, dinov3_layouts, files, resnet_layouts
 from mmtjax.weights import vit as vit_weights
 from mmtjax.weights.torch_pth import WeightsError
 
@@ -123,8 +123,9 @@ def _from_mmtjax_run(workdir: str, template: dict) -> dict:
 def load_backbone(path: str, variables: dict, backbone: Any, note=None) -> dict:
   """`variables` (params and batch_stats of a model) with their 'encoder' parts from `path`:
   a PyTorch .pth or a .safetensors file, a Hugging Face snapshot folder (weights.files), or the
-  workdir of another mmtjax run (its latest checkpoint). A DINOv2's keys may follow Meta's,
-  transformers' or timm's names (weights.dinov2_layouts).
+  workdir of another mmtjax run (its latest checkpoint). A DINOv2's or DINOv3's keys may follow
+  Meta's, transformers' or timm's names (weights.dinov2_layouts, weights.dinov3_layouts), a
+  ResNet's torchvision's, PSPNet's or timm's (weights.resnet_layouts).
 
   `backbone` is the model's backbone module (models.backbones.get_backbone): its `arch` picks
   the key layout ('resnet', 'vgg', or a ViT family, whose weights are Meta's, read by
@@ -137,12 +138,17 @@ def load_backbone(path: str, variables: dict, backbone: Any, note=None) -> dict:
   template = jax.device_get({c: variables[c]['encoder'] for c in collections})
   if os.path.isdir(os.path.join(path, 'checkpoints')):
     loaded = _from_mmtjax_run(path, template)
-  elif vit_spec is not None:
-    state, kind = files.read(path), 'meta'
-    if vit_spec.family == 'dinov2':  # Meta's, transformers' or timm's names, told apart by the keys
-      state, kind = dinov2_layouts.to_meta(state)
+  elif vit_spec is not None:  # Meta's, transformers' or timm's names, told apart by the keys
+    layouts = dinov2_layouts if vit_spec.family == 'dinov2' else dinov3_layouts
+    state, kind = layouts.to_meta(files.read(path))
     try:
       loaded = vit_weights.vit_from_torch(state, template, vit_spec, note=note)
+    except WeightsError as e:
+      raise WeightsError(f'{e} (read as the {kind} layout)') from None
+  elif backbone.arch == 'resnet':
+    state, kind = resnet_layouts.to_torchvision(files.read(path))
+    try:
+      loaded = backbone_from_torch(state, template, backbone.arch)
     except WeightsError as e:
       raise WeightsError(f'{e} (read as the {kind} layout)') from None
   else:
