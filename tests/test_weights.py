@@ -249,12 +249,15 @@ def test_training_starts_from_the_pretrained_backbone(tfds_dir, tmp_path):
 
 
 def test_backbone_from_another_mmtjax_run(tfds_dir, tmp_path):
-  from mmtjax import checkpointing, train_lib
+  from mmtjax import checkpointing
   from mmtjax.models import get_model
   from mmtjax.state import create_train_state, with_pretrained
   from tests.conftest import tiny_config
-  source = tiny_config(tfds_dir)  # an MMT run ...
-  train_lib.train(source, str(tmp_path / 'mmt'), stop_after_steps=1)
+  source = tiny_config(tfds_dir)  # an MMT run's checkpoint, as train.py saves it ...
+  source_state, _ = create_train_state(get_model(source), source)
+  ckpts = checkpointing.Checkpoints(str(tmp_path / 'mmt'))
+  ckpts.save(1, jax.device_get(source_state), source)
+  ckpts.close()
   saved = checkpointing.Checkpoints(str(tmp_path / 'mmt'), create=False).restore_raw()
   config = tiny_config(tfds_dir, 'model=mmnet')  # ... gives its backbone to MM-Net
   config.model.pretrained = str(tmp_path / 'mmt')
