@@ -164,6 +164,10 @@ def test_timm_resnets_give_their_outputs(name, stem):
   template = jax.eval_shape(lambda: wrong.init(jax.random.key(0), x, train_bn=False))
   with pytest.raises(WeightsError, match=r'\(read as the (timm-deep|torchvision) layout\)$'):
     convert.load_backbone(_path(name), {c: {'encoder': template[c]} for c in template}, wrong)
+  for layouts, family in ((resnet_layouts, 'ResNet'), (dinov3_layouts, 'DINOv3')):  # a ViT file, a CNN file
+    other = files.read(_path('timm_dinov2' if layouts is resnet_layouts else name))
+    with pytest.raises(WeightsError, match=f'match none of the {family} layouts .*; first keys: '):
+      layouts.layout(other)
 
 
 CLI_CASES = [('hf_dinov2', 'dinov2_golden14', None),  # a Hugging Face snapshot folder

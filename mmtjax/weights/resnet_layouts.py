@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmtjax.weights.torch_pth import WeightsError
+
 LAYOUTS = ('torchvision (conv1, layerN.B.convK)', 'PSPNet deep stem (conv1-3, bn1-3)',
            'timm (conv1.0-6 deep stem, or torchvision names)')
 
@@ -25,8 +27,14 @@ _TIMM_DEEP = {'conv1.0.': 'conv1.', 'conv1.1.': 'bn1.', 'conv1.3.': 'conv2.', 'c
 
 
 def layout(state: dict) -> str:
-  """'timm-deep' for timm's deep stem, else 'torchvision' (PSPNet's names included)."""
-  return 'timm-deep' if 'conv1.0.weight' in state else 'torchvision'
+  """'timm-deep' for timm's deep stem, 'torchvision' for torchvision's, PSPNet's and timm's plain
+  names; WeightsError naming the layouts when the file has no ResNet stem at all."""
+  if 'conv1.0.weight' in state:
+    return 'timm-deep'
+  if 'conv1.weight' in state:
+    return 'torchvision'
+  first = sorted(state)[:3]
+  raise WeightsError(f'the weights match none of the ResNet layouts ({"; ".join(LAYOUTS)}); first keys: {first}')
 
 
 def to_torchvision(state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str]:
