@@ -23,11 +23,15 @@ Every eval mode is a row (MMT: memory transfer on and off), with mean ± std
 over seeds. k-shot: the model's own path, or HSNet's vote with
 --config.eval.kshot=vote.
 
-Prints the tables and writes to the workdir (an existing file is never
-replaced: a .1, .2, ... suffix is added): the JSON report (every number and
-the config), the same table in Markdown (.md), per-class IoU bars per
-dataset, the memory picture (MMT) and, with --save_predictions N, N episode
-panels per dataset, shot and eval mode.
+Prints the tables and writes one folder per evaluation,
+<workdir>/reports/<checkpoint>_step<N>_<dataset>-<split>_<K>shot_<protocol>/
+(an existing folder is never replaced: a .1, .2, ... suffix is added), and
+names every file it wrote: report.json (every number and the config),
+report.md (the same table in Markdown), classes_<dataset>_<K>shot.png
+(per-class IoU bars), memory.png (MMT) and, with --save_predictions N,
+episodes/<dataset>_<K>shot_episode<i>.png (N episodes per dataset and shot,
+every eval mode side by side). --output PATH writes the JSON there instead,
+the other files beside it.
 """
 
 from absl import app, flags
@@ -120,7 +124,7 @@ def main(argv):
     cli.run(lambda: cli.print_config(_config(), training=False))
     return
   from mmtjax import distributed
-  from mmtjax.eval_lib import format_report
+  from mmtjax.eval_lib import format_report, written_files
   cli.compile_cache()
   cli.run(distributed.maybe_initialize, _WORKDIR.value)
   report = cli.run(_run, _WORKDIR.value)
@@ -131,12 +135,8 @@ def main(argv):
     print(reports.terminal_table(report['summary'], report['method']))
   else:
     print(format_report(report))
-  for key, what in (('report_path', 'report'), ('markdown_path', 'markdown table'),
-                    ('memory_picture', 'memory picture')):
-    if report.get(key):
-      print(f'{what}: {report[key]}')
-  if report.get('pictures'):
-    print(f"pictures: {len(report['pictures'])} PNG files, e.g. {report['pictures'][0]}")
+  for path in written_files(report):
+    print(f'wrote {path}')
 
 
 if __name__ == '__main__':

@@ -197,16 +197,19 @@ def _common_canvas(batch: dict) -> dict:
 
 def prediction_panels(model, variables: Any, config: ml_collections.ConfigDict, split: datasets.SplitData,
                       protocol: protocols.Protocol, count: int, directory: str | None = None,
-                      prefix: str = '', step_cache: dict | None = None) -> list[tuple[str, Any]]:
-  """Panels (visualize.episode_panel) of the first `count` test episodes, one per eval mode.
+                      prefix: str = '', step_cache: dict | None = None,
+                      label: str | None = None) -> list[tuple[str, Any]]:
+  """Panels (visualize.episode_panel) of the first `count` test episodes: one per episode, the
+  prediction of every eval mode side by side (MMT: memory on and off; adapted rows too).
 
   variables: host (unreplicated). The prediction is the evaluation's own (the
   same eval step, in 'logits' output), resized bilinearly to the query's
   original resolution (longer side capped at PANEL_MAX_SIDE) and shown there
-  over the original image and mask, supports likewise; the panel's IoU is the
-  episode's foreground IoU at that resolution. Returns [(name, PIL image)];
-  with `directory`, also written there as <prefix>_<mode>_episode<i>.png (the
-  names are then those paths).
+  over the original image and mask, supports likewise; each mode's IoU is the
+  episode's foreground IoU at that resolution. `label`: the dataset's name in
+  titles (a sweep's label, e.g. ph2; default the split's dataset). Returns
+  [(name, PIL image)]; with `directory`, also written there as
+  <prefix>_episode<i>.png (the names are then those paths).
   """
   episodes = episode_lists.protocol_episodes(split, datasets.test_data(config.data), protocol,
                                              config.data.shot)[:count]
@@ -234,26 +237,30 @@ def prediction_panels(model, variables: Any, config: ml_collections.ConfigDict, 
       image, mask = transforms.resize_longer_side(image, mask, PANEL_MAX_SIDE)
     return image, mask
 
-  out = []
+  logits = {}
   for name, mode in method.eval_modes.items():
     key = ('panels', name, tuple(sorted(mode.items())), kshot)
     if key not in cache:
       cache[key] = parallel.make_eval_step(method, model, mode, device, 'logits', kshot)
-    logits, _ = cache[key](replicated, parallel.shard(batch, device))
-    logits = parallel.local_array(logits)[0]
-    for i, ep in enumerate(episodes):
-      query, truth = originals(ep.query, ep.class_id)
-      pred = np.asarray(metrics.episode_prediction(logits[i:i + 1], truth.shape))[0]
-      counts = metrics.prediction_counts(pred[None], truth[None])
-      iou = 100.0 * counts[0, 0] / max(counts[0, 1], 1)
-      title = (f'{split.dataset}/{split.name} episode {i}, class {split.class_name(ep.class_id)}, '
-               f'{config.data.shot}-shot, {name}: IoU {iou:.1f} at {truth.shape[1]} x {truth.shape[0]}')
-      image = visualize.episode_panel([originals(s, ep.class_id) for s in ep.supports], query, truth, pred, title)
-      where = f'{name}/episode{i:03d}'
-      if directory:
-        where = os.path.join(directory, f'{prefix}_{name}_episode{i:03d}.png')
-        image.save(where, format='PNG')
-      out.append((where, image))
+    out, _ = cache[key](replicated, parallel.shard(batch, device))
+    logits[name] = parallel.local_array(out)[0]
+  out = []
+  for i, ep in enumerate(episodes):
+    query, truth = originals(ep.query, ep.class_id)
+    preds, captions = {}, {}
+    for name, episode_logits in logits.items():
+      preds[name] = np.asarray(metrics.episode_prediction(episode_logits[i:i + 1], truth.shape))[0]
+      counts = metrics.prediction_counts(preds[name][None], truth[None])
+      captions[name] = f'{name}: IoU {100.0 * counts[0, 0] / max(counts[0, 1], 1):.1f}'
+    title = (f'{label or split.dataset}/{split.name} episode {i}, class {split.class_name(ep.class_id)}, '
+             f'{config.data.shot}-shot, at {truth.shape[1]} x {truth.shape[0]}')
+    image = visualize.episode_panel([originals(s, ep.class_id) for s in ep.supports], query, truth, preds, title,
+                                    captions=captions)
+    where = f'episode{i:03d}'
+    if directory:
+      where = os.path.join(directory, f'{prefix}_episode{i:03d}.png' if prefix else f'episode{i:03d}.png')
+      image.save(where, format='PNG')
+    out.append((where, image))
   return out
 
 
@@ -336,15 +343,54 @@ def format_report(report: dict) -> str:
   return '\n'.join(lines)
 
 
-def report_name(report: dict, kind: str, ext: str = 'json') -> str:
-  """A file name holding everything that tells two evaluations of one run apart:
-  checkpoint kind, step, dataset (when not the embedded one), split, shot count, protocol,
-  HSNet's vote (k > 1) and test-time adaptation (its step count) when used."""
+def evaluation_name(report: dict, kind: str) -> str:
+  """A name holding everything that tells two evaluations of one run apart: checkpoint kind,
+  step, dataset (when not the embedded one), split, shot count, protocol, HSNet's vote (k > 1)
+  and test-time adaptation (its step count) when used; its report folder's name."""
   dataset = report.get('dataset', 'mmtjax_shapes')
   where = report['split'] if dataset == 'mmtjax_shapes' else f"{dataset}-{report['split']}"
   vote = '_vote' if report.get('kshot') == 'vote' and report['shot'] > 1 else ''
   adapted = f"_adapt{report['adapt']['steps']}" if report.get('adapt') else ''
-  return f"eval_{kind}_step{report['step']}_{where}_{report['shot']}shot_{report['protocol']}{vote}{adapted}.{ext}"
+  return f"{kind}_step{report['step']}_{where}_{report['shot']}shot_{report['protocol']}{vote}{adapted}"
+
+
+def report_name(report: dict, kind: str, ext: str = 'json') -> str:
+  """evaluation_name as a file name (eval_<name>.<ext>), for --output paths of one's own."""
+  return f'eval_{evaluation_name(report, kind)}.{ext}'
+
+
+REPORTS = 'reports'  # <workdir>/reports/<one folder per evaluation>/
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportFiles:
+  """Where one evaluation's files go: a folder of its own, <workdir>/reports/<name>/ holding
+  report.json, report.md and the pictures; or, with --output, the JSON at that path and the
+  others beside it (<stem>.md, <stem>_<picture>.png)."""
+  json: str
+  folder: str | None = None
+
+  def path(self, name: str) -> str:
+    """Where the file `name` (report.md, classes_ph2_1shot.png, episodes, ...) goes."""
+    if self.folder:
+      return os.path.join(self.folder, name)
+    stem = os.path.splitext(self.json)[0]
+    return stem + '.md' if name == 'report.md' else f'{stem}_{name}'
+
+
+def report_files(output: str | None, directory: str, name: str) -> ReportFiles:
+  """The files of one evaluation: --output's path, else a new folder <directory>/reports/<name>
+  (<name>.1, .2, ... when it exists: nothing is ever replaced), created here."""
+  if output:
+    return ReportFiles(unused_path(output))
+  folder = unused_path(os.path.join(directory, REPORTS, name))
+  os.makedirs(folder)
+  return ReportFiles(os.path.join(folder, 'report.json'), folder)
+
+
+def written_files(report: dict) -> list[str]:
+  """Every file an evaluation wrote (publish), in the order written."""
+  return [report[k] for k in ('report_path', 'markdown_path') if report.get(k)] + list(report.get('pictures', []))
 
 
 def unused_path(path: str) -> str:
@@ -657,36 +703,39 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, *, test_datasets: lis
   # One run: its workdir; training runs per seed: the folder holding them all.
   directory = os.path.commonpath([os.path.abspath(w) for w in restored]) if per_run else first_where
   if single:
-    path = output or os.path.join(directory, report_name(report, kind))
+    name = evaluation_name(report, kind)
   else:
     seeds_part = '+'.join(str(x) for x in report['seeds'])
-    path = output or os.path.join(directory, f"eval_{kind}_step{first_step}_{label or '+'.join(names)}_"
-                                             f"{'+'.join(str(k) for k in shots)}shot_seeds{seeds_part}.json")
+    name = (f"{kind}_step{first_step}_{label or '+'.join(names)}_{'+'.join(str(k) for k in shots)}shot_"
+            f"seeds{seeds_part}")
   caption = (f"{reports.METHOD_NAMES.get(method, method)}, {kind} checkpoint, step {first_step}; "
              f"seeds {sorted({r['seed'] for r in runs})} ({'training runs' if per_run else 'test episodes'}); "
              f"k-shot: {config.eval.get('kshot', 'model')}; protocols: "
              + ', '.join(f"{n} {r['protocol']}" for n, r in {r['dataset']: r for r in runs}.items())
              + ''.join(f"; not evaluated: {x['dataset']} ({x['reason']})" for x in skipped) + '.')
   _, (_, model, host, _) = checkpoint(seeds[0] if per_run else None)
-  return publish(report, runs, path, config=config, targets=targets, splits=splits, model=model, host=host,
-                 caption=caption, save_predictions=save_predictions, cache=cache)
+  return publish(report, runs, report_files(output, directory, name), config=config, targets=targets,
+                 splits=splits, model=model, host=host, caption=caption, save_predictions=save_predictions,
+                 cache=cache)
 
 
-def publish(report: dict, runs: Sequence[dict], path: str, *, config, targets: dict, splits: dict, model,
-            host, caption: str, save_predictions: int = 0, cache: dict | None = None,
+def publish(report: dict, runs: Sequence[dict], files: ReportFiles, *, config, targets: dict, splits: dict,
+            model, host, caption: str, save_predictions: int = 0, cache: dict | None = None,
             source: datasets.SplitData | None = None) -> dict:
   """Writes an evaluation's files, the same for evaluate.py and train.py's final test (never
-  replacing a file): the JSON report at `path`, a Markdown table of its numbers, per-class IoU
-  bars per dataset and shot, the memory picture (MMT) and `save_predictions` episode panels per
-  dataset, shot and eval mode. `targets`/`splits`: dataset name -> its config / test split;
-  `model`, `host`: the network and host variables the pictures use. Returns the report with
-  the paths written."""
+  replacing a file), where `files` says (report_files): the JSON report, a Markdown table of its
+  numbers, per-class IoU bars per dataset and shot, the memory picture (MMT) and
+  `save_predictions` episode panels per dataset and shot (every eval mode side by side).
+  `targets`/`splits`: dataset name -> its config / test split; `model`, `host`: the network and
+  host variables the pictures use. Returns the report with the paths written (written_files)."""
   method = config.model.name
   single = len(runs) == 1 and report is runs[0]
-  report['report_path'] = write_report(report, path)
-  stem = os.path.splitext(report['report_path'])[0]
-  report['markdown_path'] = write_text(stem + '.md', reports.markdown(reports.summarize(runs), method, caption, runs))
-  panels, pictures = unused_path(stem + '_predictions'), []
+  report['report_path'] = write_report(report, files.json)
+  if files.folder:
+    report['folder'] = files.folder
+  report['markdown_path'] = write_text(files.path('report.md'),
+                                       reports.markdown(reports.summarize(runs), method, caption, runs))
+  panels, pictures = unused_path(files.path('episodes')), []
   cache = {} if cache is None else cache
   for name, cfg in targets.items():
     done = [r for r in runs if r['dataset'] == name]
@@ -694,7 +743,7 @@ def publish(report: dict, runs: Sequence[dict], path: str, *, config, targets: d
       continue
     split = splits[name]
     for shot in sorted({r['shot'] for r in done}):
-      pictures.append(class_bars(stem, split, [r for r in done if r['shot'] == shot], method))
+      pictures.append(class_bars(files, split, [r for r in done if r['shot'] == shot], method))
       if save_predictions > 0:
         cfg = copy.deepcopy(cfg)
         with cfg.unlocked():
@@ -702,20 +751,21 @@ def publish(report: dict, runs: Sequence[dict], path: str, *, config, targets: d
         protocol = protocols.test_protocol(datasets.test_data(cfg.data), cfg.eval)
         protocol = dataclasses.replace(protocol, seed=done[0]['episode_seed'])
         pictures += [p for p, _ in prediction_panels(model, host, cfg, split, protocol, save_predictions,
-                                                       panels, f'{name}_{shot}shot', cache)]
+                                                       panels, f'{name}_{shot}shot', cache, label=name)]
     if source is None and style_memory_bank(host) is None:
       continue  # No memory, no memory picture: the training split is not needed.
     if source is None:  # The training split, for the memory picture: loaded once.
       source = datasets.load_split(config.data, config.data.train_split, training=False)
-    picture = memory_picture(model, host, cfg, unused_path(f'{stem}_{name}_memory.png' if not single else
-                                                           f'{stem}_memory.png'), source, split, done[0])
+    picture = memory_picture(model, host, cfg, unused_path(files.path('memory.png' if single else
+                                                                      f'memory_{name}.png')), source, split, done[0])
     if picture:
       report['memory_picture'] = picture
+      pictures.append(picture)
   report['pictures'] = [p for p in pictures if p]
   return report
 
 
-def class_bars(stem: str, split: datasets.SplitData, runs: Sequence[dict], method: str) -> str | None:
+def class_bars(files: ReportFiles, split: datasets.SplitData, runs: Sequence[dict], method: str) -> str | None:
   """Per-class IoU bars of every eval mode, averaged over the runs' seeds; returns the path."""
   if not runs:
     return None
@@ -724,7 +774,7 @@ def class_bars(stem: str, split: datasets.SplitData, runs: Sequence[dict], metho
   series = {m: [float(np.mean([r['results'][m]['per_class'][c] for r in runs if c in r['results'][m]['per_class']]
                               or [0.0])) for c in classes] for m in modes}
   run = runs[0]
-  path = unused_path(f"{stem}_{run['dataset']}_{run['shot']}shot_classes.png")
+  path = unused_path(files.path(f"classes_{run['dataset']}_{run['shot']}shot.png"))
   visualize.class_iou_png(path, [split.class_name(int(c)) for c in classes], series,
                           f"{reports.METHOD_NAMES.get(method, method)}, {run['dataset']}/{run['split']}, "
                           f"{run['shot']}-shot, {len(runs)} seed(s): per-class IoU; lines: mIoU",

@@ -480,13 +480,12 @@ def _final_evaluation(model, rstate, config, workdir: str, num_steps: int, devic
     caption = (f"{reports.METHOD_NAMES.get(method, method)}, latest checkpoint, step {num_steps} (train.py's "
                f"final test); test-episode seed {report['seed']}; k-shot: {config.eval.get('kshot', 'model')}; "
                f"protocol: {report['dataset']} {report['protocol']}.")
-    eval_lib.publish(report, [report], os.path.join(workdir, eval_lib.report_name(report, 'latest')),
-                     config=config, targets={report['dataset']: config}, splits={report['dataset']: test_split},
-                     model=model, host=parallel.unreplicate(parallel.eval_variables(rstate)), caption=caption)
-    say(f"report: {report['report_path']} (+ {os.path.basename(report['markdown_path'])}, "
-        f"{len(report['pictures'])} picture(s))")
-    if report.get('memory_picture'):
-      say(f"memory picture: {report['memory_picture']}")
+    files = eval_lib.report_files(None, workdir, eval_lib.evaluation_name(report, 'latest'))
+    eval_lib.publish(report, [report], files, config=config, targets={report['dataset']: config},
+                     splits={report['dataset']: test_split}, model=model,
+                     host=parallel.unreplicate(parallel.eval_variables(rstate)), caption=caption)
+    say(f'wrote {files.folder}/: ' + ', '.join(os.path.relpath(p, files.folder)
+                                             for p in eval_lib.written_files(report)))
   log = _Log(workdir, num_steps, num_steps)
   log.write({'step': num_steps, 'eval': {m: {k: r[k] for k in ('miou', 'fb_iou')}
                                          for m, r in report['results'].items()}})

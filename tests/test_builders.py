@@ -604,7 +604,7 @@ def test_own_data_trains_two_steps_and_evaluates(tfds_dir, tmp_path):
   report = train_lib.train_and_evaluate(config, workdir)
   assert report['dataset'] == 'folder' and report['split'] == 'test' and report['num_episodes'] == 4
   assert len(report['episodes_sha256']) == 64
-  assert os.path.exists(os.path.join(workdir, 'eval_latest_step2_folder-test_1shot_custom.json'))
+  assert os.path.exists(os.path.join(workdir, 'reports', 'latest_step2_folder-test_1shot_custom', 'report.json'))
   report = eval_lib.evaluate(config, workdir)
   assert all(np.isfinite(r['miou']) for r in report['results'].values())
 

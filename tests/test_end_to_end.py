@@ -40,17 +40,14 @@ def test_train_resume_evaluate(tfds_dir, tmp_path, capsys):
   report = eval_lib.evaluate(config, workdir)
   for r in report['results'].values():
     assert math.isfinite(r['miou']) and math.isfinite(r['fb_iou'])
-  # The training run's own report is kept; this one is written beside it.
-  name = os.path.join(workdir, 'eval_latest_step6_target_test_1shot_custom')
-  assert report['step'] == 6 and report['report_path'] == name + '.1.json'
-  assert os.path.exists(name + '.json') and os.path.exists(name + '.1.json')
-  assert os.path.exists(name + '.1_memory.png')
-  # train.py's final test wrote the same kinds of files as evaluate.py: JSON, Markdown, bars, memory.
-  base = os.path.basename(name)
-  written = [f for f in os.listdir(workdir) if f.startswith(base)]
-  by_train = sorted(f[len(base):] for f in written if not f.startswith(base + '.1'))
-  by_eval = sorted(f[len(base) + 2:] for f in written if f.startswith(base + '.1'))
-  assert by_train == by_eval and '.md' in by_train and any(f.endswith('_classes.png') for f in by_train), written
+  # The training run's own report folder is kept; this evaluation has its own beside it.
+  name = os.path.join(workdir, 'reports', 'latest_step6_target_test_1shot_custom')
+  assert report['step'] == 6 and report['report_path'] == os.path.join(name + '.1', 'report.json')
+  assert sorted(os.listdir(os.path.join(workdir, 'reports'))) == [  # the first run's final test, then the second's
+      'latest_step4_target_test_1shot_custom', os.path.basename(name), os.path.basename(name) + '.1']
+  # train.py's final test wrote the same files as evaluate.py: JSON, Markdown, bars, memory.
+  by_train, by_eval = (sorted(os.listdir(folder)) for folder in (name, name + '.1'))
+  assert by_train == by_eval == ['classes_mmtjax_shapes_1shot.png', 'memory.png', 'report.json', 'report.md'], by_train
 
   # A different model config must not touch the existing checkpoints.
   other = tiny_config(tfds_dir)

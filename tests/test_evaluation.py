@@ -97,15 +97,18 @@ def test_a_shot_count_larger_than_a_test_class_allows_is_one_line(tfds_dir):
 
 def test_sweep_reports_every_dataset_shot_and_seed(tfds_dir, trained_workdir):
   config = tiny_config(tfds_dir)
-  name = 'eval_latest_step2_mmtjax_shapes+deepglobe_1+2shot_seeds0+1'
-  kept = os.path.join(trained_workdir, f'{name}.json')
+  name = os.path.join(trained_workdir, 'reports', 'latest_step2_mmtjax_shapes+deepglobe_1+2shot_seeds0+1')
+  os.makedirs(name)
+  kept = os.path.join(name, 'report.json')
   with open(kept, 'w') as f:
     f.write('an earlier report')
   report = eval_lib.sweep(config, trained_workdir, test_datasets=['mmtjax_shapes', 'deepglobe'], shots=[1, 2],
                           seeds=[0, 1], save_predictions=1)
   with open(kept) as f:
-    assert f.read() == 'an earlier report'  # never replaced: the new report is <name>.1.json
-  assert report['report_path'] == os.path.join(trained_workdir, f'{name}.1.json')
+    assert f.read() == 'an earlier report'  # never replaced: the new evaluation's folder is <name>.1
+  assert report['folder'] == name + '.1' and report['report_path'] == os.path.join(name + '.1', 'report.json')
+  assert eval_lib.written_files(report)[:2] == [report['report_path'], os.path.join(name + '.1', 'report.md')]
+  assert all(p.startswith(name + '.1' + os.sep) for p in eval_lib.written_files(report))
   assert [s['dataset'] for s in report['skipped']] == ['deepglobe']
   assert 'not built' in report['skipped'][0]['reason'] and '--manual_dir deepglobe=PATH' in report['skipped'][0]['reason']
   with open(report['report_path']) as f:
@@ -133,9 +136,12 @@ def test_sweep_reports_every_dataset_shot_and_seed(tfds_dir, trained_workdir):
   assert header.startswith('| mode | rings1 | hatch1 | waves1 |'), header
   assert all(r['class_names']['21'] == 'rings1' for r in saved['runs'])
   pngs = [p for p in report['pictures'] if p.endswith('.png')]
-  # One bar chart per shot, one panel per shot and eval mode, the memory picture separately.
-  assert sum('_classes.png' in p for p in pngs) == 2 and sum('episode000' in p for p in pngs) == 4
-  assert all(os.path.getsize(p) > 0 for p in pngs) and os.path.exists(report['memory_picture'])
+  # One bar chart per shot, one panel per shot (its eval modes side by side), the memory picture.
+  assert sorted(os.path.relpath(p, report['folder']) for p in pngs) == [
+      'classes_mmtjax_shapes_1shot.png', 'classes_mmtjax_shapes_2shot.png',
+      os.path.join('episodes', 'mmtjax_shapes_1shot_episode000.png'),
+      os.path.join('episodes', 'mmtjax_shapes_2shot_episode000.png'), 'memory_mmtjax_shapes.png']
+  assert all(os.path.getsize(p) > 0 for p in pngs) and report['memory_picture'] in pngs
 
 
 def test_hsnet_vote_is_selected_by_the_config_and_recorded(tfds_dir, trained_workdir):
@@ -211,11 +217,35 @@ def test_episode_panels_keep_the_images_resolution_and_bars_show_every_mode(tmp_
   truth = np.zeros((300, 200), np.uint8)
   truth[50:150, 40:120] = 1
   support = (rng.integers(0, 255, (100, 150, 3), dtype=np.uint8), np.ones((100, 150), np.uint8))
-  panel = visualize.episode_panel([support], query, truth, truth.astype(bool), 'title')
-  # The query, its truth and the prediction at 300 px high, pixel for pixel; the support scaled to that height.
-  assert panel.height == 300 + 36 + 6 and panel.width == (450 + 6) + 3 * (200 + 6) + 6
+  panel = visualize.episode_panel([support], query, truth, {'memory_on': truth.astype(bool),
+                                                             'memory_off': ~truth.astype(bool)}, 'title')
+  # A row of supports, then the query, its truth and each mode's prediction at 300 px high, pixel for
+  # pixel (the support scaled to that height); text at least 2% of the picture's height.
+  size = visualize.panel_text_size(2, 300)
+  assert panel.width == 4 * (200 + 6) + 6 and panel.height == 2 * (size + 8) + 2 * (300 + size + 8 + 6) - (size + 8) + 6
+  assert size >= 0.02 * panel.height
+  arr = np.asarray(panel)
+  top = panel.height - 12 - 300  # (a gap under the last row and the margin)
+  np.testing.assert_array_equal(arr[top:top + 300, 6:206], query)  # the query, untouched
+  five = visualize.episode_panel([support] * 5, query, truth, truth.astype(bool), 'title')
+  # Five 450 px supports over a 624 px query row (query, truth, prediction): one a row, none wider.
+  size = visualize.panel_text_size(6, 300)
+  assert five.width == 3 * (200 + 6) + 6 and five.height == 2 * (size + 8) + 6 * (300 + size + 8 + 6) - (size + 8) + 6
+  assert size >= 0.02 * five.height
   tinted = visualize.overlay(query, truth, (40, 200, 60))
   assert (tinted[50, 60] == (40, 200, 60)).all() and (tinted[100, 80] != (40, 200, 60)).any()  # outline solid
+  # Memory-item labels next to crowded points never overlap each other, the markers or the frame's text.
+  from PIL import Image as PILImage
+  from PIL import ImageDraw
+  draw = ImageDraw.Draw(PILImage.new('RGB', (300, 200)))
+  f = visualize.font(12)
+  points = [(150 + (i % 3), 100 + (i // 3)) for i in range(8)]
+  taken = [(0, 0, 300, 20)]
+  corners = visualize.place_labels(draw, points, [f'{i} (12 target)' for i in range(8)], f, (0, 0, 300, 200), taken)
+  boxes = [draw.textbbox(c, f'{i} (12 target)', font=f) for i, c in enumerate(corners)]
+  for i, a in enumerate(boxes):
+    assert a[0] >= 0 and a[2] <= 300 and a[1] >= 20 and a[3] <= 200
+    assert not any(visualize._overlaps(a, b, pad=0) for b in boxes[i + 1:])
   path = str(tmp_path / 'bars.png')
   visualize.class_iou_png(path, ['horse', 'lesion'], {'memory_on': [50.0, 70.0], 'memory_off': [40.0, 60.0]},
                           'title', means={'memory_on': 60.0, 'memory_off': 50.0})

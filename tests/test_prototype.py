@@ -169,8 +169,9 @@ def test_evaluate_runs_prototype_with_no_checkpoint_and_train_refuses_it_in_one_
   ev = _cli([os.path.join(ROOT, 'evaluate.py'), *common], {}, str(tmp_path))
   assert ev.returncode == 0, ev.stderr[-3000:]
   assert 'prototype' in ev.stdout and 'mIoU' in ev.stdout
-  reports = [f for f in os.listdir(workdir) if f.endswith('.json')]
-  assert reports and 'pretrained' in reports[0]
+  reports = os.listdir(workdir / 'reports')
+  assert reports and reports[0].startswith('pretrained_') and 'report.json' in os.listdir(workdir / 'reports' / reports[0])
+  assert f"wrote {workdir / 'reports' / reports[0] / 'report.json'}" in ev.stdout
 
 
 def test_predict_builds_prototype_from_its_config_in_the_api_and_the_command_line(tfds_dir, tmp_path):
@@ -189,16 +190,23 @@ def test_predict_builds_prototype_from_its_config_in_the_api_and_the_command_lin
   from PIL import Image
   for name, array in (('s.png', image), ('m.png', mask)):
     Image.fromarray(array).save(tmp_path / name)
-  out = tmp_path / 'q_mask.png'
+  out, shown, prob = tmp_path / 'q_mask.png', tmp_path / 'q_overlay.png', tmp_path / 'q_probability.png'
   cfg_file = tmp_path / 'golden_prototype.py'  # a user's own config file over configs/default.py
   cfg_file.write_text('from configs import default\n\n\ndef get_config(arg=None):\n'
                       '  c = default.get_config(arg)\n  c.model.vit_blocks, c.model.vit_norm = None, True\n'
                       '  return c\n')
   main(['--config', f'{cfg_file}:model=prototype', '--backbone', 'dinov2_golden14',
         '--pretrained', FILE, '--support', f'{tmp_path / "s.png"}:{tmp_path / "m.png"}',
-        '--query', str(tmp_path / 's.png'), '--out', str(out)])
+        '--query', str(tmp_path / 's.png'), '--out', str(out), '--overlay', str(shown), '--probability', str(prob)])
   written = np.asarray(Image.open(out))
   assert written.shape == (50, 40) and set(np.unique(written)) <= {0, 255}
+  # The overlay: the query where the mask is off, tinted where on; the probability map: 0-255 grey.
+  from mmtjax import visualize
+  np.testing.assert_array_equal(np.asarray(Image.open(shown)), visualize.overlay(image, written > 0,
+                                                                                 visualize.PREDICTION_COLOUR))
+  grey = np.asarray(Image.open(prob))
+  assert grey.shape == (50, 40) and grey.dtype == np.uint8
+  np.testing.assert_array_equal(grey, np.clip(np.round(pred.probability * 255), 0, 255).astype(np.uint8))
   # The same query through the API with the command line's config: the same mask.
   np.testing.assert_array_equal(written > 0, pred.mask > 0)
 

@@ -3,14 +3,17 @@ r"""Segments your own query images from support images and masks (mmtjax.predict
   python -m mmtjax.commands.predict --workdir W --support a.jpg:a.png [--support b.jpg:b.png] \
       --query q.jpg --out q_mask.png [--query r.jpg --out r_mask.png]
   python -m mmtjax.commands.predict --config configs/default.py:model=prototype \
-      --pretrained ~/weights/dinov2_vits14_pretrain.pth --support a.jpg:a.png --query q.jpg --out q.png
+      --pretrained ~/weights/dinov2_vits14_pretrain.pth --support a.jpg:a.png --query q.jpg --out q.png \
+      --overlay q_overlay.png --probability q_probability.png
 
 --workdir loads a trained run; --config FILE[:ARGS] builds a training-free
 method (model=prototype) from its config, with --pretrained (and --backbone)
 setting model.pretrained (model.backbone).
 
 Masks are written as 0/255 PNGs at each query's size, never over an existing
-file; every path is checked before the model is loaded.
+file; --overlay writes the query with the predicted mask tinted and outlined,
+--probability the foreground probability as an 8-bit grey PNG (0-255); every
+path is checked before the model is loaded.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--support', action='append', required=True, help='IMAGE:MASK (repeat for K shots)')
   parser.add_argument('--query', action='append', required=True)
   parser.add_argument('--out', action='append', required=True, help='mask PNG per --query (never overwritten)')
+  parser.add_argument('--overlay', action='append', default=[],
+                      help='PNG per --query: the query with the predicted mask tinted and outlined')
+  parser.add_argument('--probability', action='append', default=[],
+                      help='PNG per --query: the foreground probability, 0-255 grey')
   parser.add_argument('--best', action='store_true', help='the best-by-validation checkpoint')
   parser.add_argument('--step', type=int, default=None)
   parser.add_argument('--adapt_steps', type=int, default=None,
@@ -58,21 +65,28 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _predict_files(args) -> None:
+  import numpy as np
   from PIL import Image
 
   from mmtjax.predict import Predictor
-  if len(args.out) != len(args.query):
-    raise UserError(f'give one --out per --query ({len(args.query)} queries, {len(args.out)} outputs)')
-  for out in args.out:
-    if os.path.exists(out):
-      raise UserError(f'--out {out} exists; choose another path (outputs are never overwritten)')
-    folder = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(folder):
-      raise UserError(f'--out {out}: the folder {folder} does not exist; create it first')
-    if not os.access(folder, os.W_OK):
-      raise UserError(f'--out {out}: the folder {folder} is not writable')
-    if not out.lower().endswith('.png'):
-      raise UserError(f'--out {out}: masks are written as PNG; give a name ending in .png')
+  outputs = {'out': args.out, 'overlay': args.overlay, 'probability': args.probability}
+  for flag, paths in outputs.items():
+    if paths and len(paths) != len(args.query):
+      raise UserError(f'give one --{flag} per --query ({len(args.query)} queries, {len(paths)} --{flag})')
+  every = [p for paths in outputs.values() for p in paths]
+  for flag, paths in outputs.items():
+    for out in paths:
+      if os.path.exists(out):
+        raise UserError(f'--{flag} {out} exists; choose another path (outputs are never overwritten)')
+      if every.count(out) > 1:
+        raise UserError(f'--{flag} {out} is given twice; each output needs its own path')
+      folder = os.path.dirname(os.path.abspath(out))
+      if not os.path.isdir(folder):
+        raise UserError(f'--{flag} {out}: the folder {folder} does not exist; create it first')
+      if not os.access(folder, os.W_OK):
+        raise UserError(f'--{flag} {out}: the folder {folder} is not writable')
+      if not out.lower().endswith('.png'):
+        raise UserError(f'--{flag} {out}: it is written as PNG; give a name ending in .png')
   supports, masks = [], []
   for spec in args.support:
     image, sep, mask = spec.rpartition(':')
@@ -86,11 +100,24 @@ def _predict_files(args) -> None:
   else:
     predictor = Predictor.from_workdir(args.workdir, best=args.best, step=args.step, adapt_steps=args.adapt_steps)
   named = [spec.rpartition(':')[0] for spec in args.support]
-  for out, pred in zip(args.out, predictor.segment_many(queries, supports, masks, names=named)):
-    tmp = f'{out}.tmp{os.getpid()}.png'
-    Image.fromarray(pred.mask * 255).save(tmp)
-    os.replace(tmp, out)
-    print(f'{out}: {int(pred.mask.sum())} foreground pixels of {pred.mask.size}')
+  from mmtjax import visualize
+  for i, (query, pred) in enumerate(zip(queries, predictor.segment_many(queries, supports, masks, names=named))):
+    _save(Image.fromarray(pred.mask * 255), args.out[i])
+    print(f'{args.out[i]}: {int(pred.mask.sum())} foreground pixels of {pred.mask.size}')
+    if args.overlay:
+      _save(Image.fromarray(visualize.overlay(query, pred.mask, visualize.PREDICTION_COLOUR)), args.overlay[i])
+      print(f'{args.overlay[i]}: the query with its mask outlined')
+    if args.probability:
+      grey = np.clip(np.round(pred.probability * 255), 0, 255).astype(np.uint8)
+      _save(Image.fromarray(grey), args.probability[i])
+      print(f'{args.probability[i]}: foreground probability x 255')
+
+
+def _save(image, out: str) -> None:
+  """Writes a PNG through a temporary name in its folder (never a half-written file at `out`)."""
+  tmp = f'{out}.tmp{os.getpid()}.png'
+  image.save(tmp)
+  os.replace(tmp, out)
 
 
 def _config(args):
