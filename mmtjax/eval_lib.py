@@ -650,6 +650,7 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, *, test_datasets: lis
       if len(names) == 1:
         raise
       skipped.append({'dataset': name, 'reason': str(e)})
+      total_runs -= len(shots) * len(seeds or [None])  # progress counts the runs that run
       continue
     splits[name] = split
     for shot in shots:
@@ -677,11 +678,13 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, *, test_datasets: lis
           run.update(dataset=name, dataset_kind=kinds[name])
         runs.append(run)
         if total_runs > 1:
-          steady = [r['seconds'] - r['first_batch_s'] for r in runs]
+          # Whole runs, compiling included: a later run compiles again for a new shot count or
+          # dataset, and a first batch the compile cache made ordinary is ordinary time.
           first = next(iter(run['results']))
           progress.line(f"[{len(runs)}/{total_runs}] {name} {shot}-shot seed {seed}: {first} mIoU "
                         f"{run['results'][first]['miou']:.2f} ({progress.duration(run['seconds'])}); ETA "
-                        f"{progress.duration(np.mean(steady) * (total_runs - len(runs)))} (compiling excluded)")
+                        f"{progress.duration(np.mean([r['seconds'] for r in runs]) * (total_runs - len(runs)))} "
+                        f"(the runs so far, on average)")
   if not runs:
     raise UserError('nothing was evaluated: ' + '; '.join(f"{x['dataset']}: {x['reason']}" for x in skipped))
   single = len(runs) == 1 and not skipped
