@@ -41,9 +41,11 @@ _VIT = dict(backbone='dinov2_tiny', vit_blocks=(1, 2, 3, 4), vit_norm=False)
 
 
 @pytest.mark.parametrize('model,stop,modes', [
-    # MMT: re-styled in training (both branches), stages after the memory recomputed without it.
+    # MMT: cached to its last stage; the re-styled branch (training) and transfer (memory on) run
+    # the stages after the memory, the original branch and memory off read the cache.
     (MMT(**_VIT, memory_stage='layer3', feature_stages=('layer3', 'layer4'), neck_type='residual',
-         memory=dict(num_items=4)), 'layer3', ({'train': True}, {'train': False, 'transfer': False})),
+         memory=dict(num_items=4)), 'layer4',
+     ({'train': True}, {'train': False, 'transfer': False}, {'train': False, 'transfer': True})),
     (MMT(**_VIT, memory_stage='layer4', feature_stages=('layer3', 'layer4'), use_memory=False), 'layer4',
      ({'train': False},)),
     (MMNet(**_VIT, reduce_dim=8, num_meta_classes=4, bins=(4, 2), bin_reference_size=4), 'layer3',
@@ -104,12 +106,12 @@ def _config(name, **model):
 
 
 @pytest.mark.parametrize('name,model,training,stop', [
-    ('mmt', {}, True, 'layer2'),                                        # a ViT is frozen by default
+    ('mmt', {}, True, 'layer3'),                                        # a ViT is frozen by default
     ('baseline', {}, False, 'layer3'),
     ('mmt', {'freeze_backbone': False}, False, None),                   # a trained backbone: never
     ('mmt', {'backbone': 'resnet_tiny', 'freeze_backbone': True}, True, None),  # batch statistics
-    ('mmt', {'backbone': 'resnet_tiny', 'freeze_backbone': True}, False, 'layer2'),
-    ('mmt', {'backbone': 'resnet_tiny', 'freeze_backbone': True, 'backbone_bn': 'running'}, True, 'layer2'),
+    ('mmt', {'backbone': 'resnet_tiny', 'freeze_backbone': True}, False, 'layer3'),
+    ('mmt', {'backbone': 'resnet_tiny', 'freeze_backbone': True, 'backbone_bn': 'running'}, True, 'layer3'),
     ('mmnet', {}, True, 'layer3'),
 ])
 def test_the_cache_applies_only_where_the_backbone_cannot_change(name, model, training, stop):

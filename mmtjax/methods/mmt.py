@@ -98,12 +98,14 @@ class MMTMethod(Method):
     return checks
 
   def feature_stop(self, config: ml_collections.ConfigDict, *, training: bool) -> str | None:
-    """A fixed backbone is cached up to the memory's stage (what comes after runs on the
-    re-styled features), or, without the memory, up to the last stage the neck reads."""
+    """A fixed backbone is cached up to the last stage the neck reads: what the memory leaves
+    as it is (memory off; training's original branch) reads the cache, and only re-styled
+    features run the stages after the memory (models.mmt.MMT._encode)."""
     m = config.model
     if not backbone_fixed(m, training=training):
       return None
-    return m.memory_stage if self.use_memory else max(m.feature_stages, key=backbones.STAGES.index)
+    stages = list(m.feature_stages) + ([m.memory_stage] if self.use_memory else [])
+    return max(stages, key=backbones.STAGES.index)
 
   def build(self, config: ml_collections.ConfigDict, axis_name: str | None = None) -> MMT:
     m = config.model

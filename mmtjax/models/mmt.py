@@ -102,6 +102,7 @@ class MMT(nn.Module):
     diagnostics: {'log': scalars to log, 'histograms': [episodes, N] item counts}.
     """
     train_bn = train and self.backbone_bn == 'batch'
+    cached_last = features is not None and self._last_stage in features
     if features is None:
       low = self.encoder(images, train_bn=train_bn, stop=self.memory_stage)
     else:  # the frozen backbone's outputs up to memory_stage or beyond (feature_cache.py)
@@ -124,9 +125,13 @@ class MMT(nn.Module):
     # The stages after the memory: computed from the (re-styled) memory stage, unless given.
     if self.memory_stage != self._last_stage and (restyle is not None or self._last_stage not in feats):
       start = backbones.STAGES[backbones.STAGES.index(self.memory_stage) + 1]
-      feats.update(self.encoder(low[self.memory_stage], train_bn=train_bn, start=start,
-                                stop=self._last_stage,
-                                prefix=low.get(backbones.prefix_key(self.memory_stage))))
+      x, prefix = low[self.memory_stage], low.get(backbones.prefix_key(self.memory_stage))
+      # Training's original branch (the first half) is the fixed backbone's own: from the cache.
+      n = x.shape[0] // 2 if restyle == 'source' and cached_last else 0
+      later = self.encoder(x[n:], train_bn=train_bn, start=start, stop=self._last_stage,
+                           prefix=None if prefix is None else prefix[n:])
+      feats.update({k: jnp.concatenate([low[k][:n], v]) if n else v for k, v in later.items()
+                    if not n or k in low})
     chosen = [self.encoder.readout(feats[s]) for s in self.feature_stages]
     size = max((x.shape[1:3] for x in chosen), key=lambda hw: hw[0] * hw[1])
     chosen = [ops.resize_features(c, size) for c in chosen]
