@@ -134,3 +134,17 @@ def tiny_config(tfds_dir, arg=''):
   config.eval.num_episodes = 12
   config.eval.batch_size = 4
   return config
+
+
+def state_like(config, model=None, seed: int = 0):
+  """A TrainState with the shapes and dtypes create_train_state gives `config`'s model, holding
+  random numbers, on the host: for tests that need a template or a checkpoint's layout and never
+  the init's values (jax.eval_shape compiles nothing; a real init compiles the whole network)."""
+  import numpy as np
+
+  from mmtjax.models import get_model
+  from mmtjax.state import create_train_state
+  model = get_model(config) if model is None else model
+  abstract = jax.eval_shape(lambda: create_train_state(model, config)[0])
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(s.dtype), abstract)

@@ -90,16 +90,3 @@ def test_evaluate_cli_empty_workdir(tmp_path):
   result = _cli('evaluate.py', '--config', 'configs/default.py', '--workdir', str(tmp_path))
   assert result.returncode != 0
   assert result.stderr.strip().splitlines()[-1].startswith('error: no checkpoints in')
-
-
-def test_mmnet_trains_and_evaluates_with_the_same_entry_points(tfds_dir, tmp_path):
-  config = tiny_config(tfds_dir, 'model=mmnet,shot=2')
-  workdir = str(tmp_path / 'mmnet')
-  report = train_lib.train_and_evaluate(config, workdir)
-  assert set(report['results']) == {'mmnet'}
-  assert math.isfinite(report['results']['mmnet']['miou'])
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    records = [json.loads(line) for line in f]
-  assert {'loss_main', 'loss_aux', 'loss_recon'} <= set(records[0])
-  again = eval_lib.evaluate(config, workdir)
-  assert again['results']['mmnet']['miou'] == pytest.approx(report['results']['mmnet']['miou'], abs=1e-6)

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from mmtjax import methods, ops
-from mmtjax.state import create_train_state, untrained_variables, with_pretrained
+from mmtjax.state import untrained_variables, with_pretrained
 from mmtjax.weights import torch_pth
-from tests.conftest import tiny_config
+from tests.conftest import state_like, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(ROOT, 'tests', 'golden', 'vit')
@@ -71,8 +71,7 @@ def test_a_complete_meta_file_loads_into_every_method_that_runs_fewer_blocks(tfd
 def test_a_file_of_another_architecture_still_names_its_first_bad_tensor(tfds_dir):
   config = _config(tfds_dir, 'prototype', feature_stages=('layer2',))
   config.model.pretrained = os.path.join(GOLDEN, 'dinov2_tiny_reg4_swiglu.pth')  # registers, SwiGLU
-  net = methods.for_config(config).build(config)
-  state, _ = create_train_state(net, config)
+  state = state_like(config, methods.for_config(config).build(config))
   with pytest.raises(torch_pth.WeightsError) as err:
     with_pretrained(state, config)
   assert '\n' not in str(err.value) and 'blocks.0.mlp' in str(err.value)
@@ -90,8 +89,7 @@ def test_an_unused_tail_block_of_the_wrong_shape_is_an_error(tfds_dir, tmp_path)
   write_pth(path, sd)
   config = _config(tfds_dir, 'prototype', feature_stages=('layer2',))
   config.model.pretrained = path
-  net = methods.for_config(config).build(config)
-  state, _ = create_train_state(net, config)
+  state = state_like(config, methods.for_config(config).build(config))
   with pytest.raises(torch_pth.WeightsError, match=r'blocks\.3\.mlp\.fc1\.weight has shape'):
     with_pretrained(state, config)
 

@@ -16,7 +16,7 @@ from mmtjax import checkpointing, cli, config_lib, eval_lib, parallel, train_lib
 from mmtjax.errors import UserError
 from mmtjax.models import get_model
 from mmtjax.state import create_train_state, learning_rate_schedule, trainable_labels
-from tests.conftest import tiny_config
+from tests.conftest import state_like, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -211,7 +211,7 @@ def test_evaluation_follows_a_checkpoint_rotated_away_while_reading(tfds_dir, tm
     return real_restore(self, step, template)
 
   monkeypatch.setattr(checkpointing.Checkpoints, 'restore', restore)
-  template = jax.device_get(create_train_state(get_model(config), config)[0])
+  template = state_like(config)
   step, _ = eval_lib._restore_for_eval(workdir, checkpointing.SUBDIR, None, config, template)
   assert calls == [4, 6] and step == 6
 

@@ -18,15 +18,14 @@ from mmtjax import checkpointing, eval_lib, parallel, tensorboard_events, train_
 from mmtjax.errors import DivergedError
 from mmtjax.models import get_model
 from mmtjax.state import create_train_state, learning_rate_schedule, trainable_labels
-from tests.conftest import tiny_config
+from tests.conftest import state_like, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _final_state(config, workdir):
   ckpts = checkpointing.Checkpoints(workdir, create=False)
-  template, _ = create_train_state(get_model(config), config)
-  step, state = ckpts.restore_latest(jax.device_get(template), config)
+  step, state = ckpts.restore_latest(state_like(config), config)
   ckpts.close()
   return step, state
 

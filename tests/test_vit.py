@@ -121,6 +121,11 @@ def test_every_method_trains_and_evaluates_on_a_frozen_vit_from_a_meta_file(tfds
   assert all(math.isfinite(r['miou']) for r in report['results'].values())
   if method == 'mmt':  # The memory learnt source styles of the ViT's tokens.
     assert np.std(np.asarray(saved['model_state']['memory']['style_memory']['means'])) > 0
+  if method == 'mmnet':  # MM-Net's three loss terms reach the training log.
+    import json
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+      records = [json.loads(line) for line in f]
+    assert {'loss_main', 'loss_aux', 'loss_recon'} <= set(records[0])
 
 
 def test_mmt_memory_restyles_the_vits_patch_tokens_and_passes_its_prefix_tokens_on(tfds_dir):

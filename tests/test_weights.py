@@ -229,11 +229,10 @@ def test_vgg16_bn_layer_indices_follow_torchvision():
 
 
 def test_training_starts_from_the_pretrained_backbone(tfds_dir, tmp_path):
-  from mmtjax.models import get_model
-  from mmtjax.state import create_train_state, with_pretrained
-  from tests.conftest import tiny_config
+  from mmtjax.state import with_pretrained
+  from tests.conftest import state_like, tiny_config
   config = tiny_config(tfds_dir)
-  state, _ = create_train_state(get_model(config), config)
+  state = state_like(config)
   torch_state = _torch_state_for({'params': state.params['encoder'],
                                   'batch_stats': state.model_state['batch_stats']['encoder']})
   config.model.pretrained = str(tmp_path / 'tiny.pth')
@@ -252,17 +251,15 @@ def test_backbone_from_another_mmtjax_run(tfds_dir, tmp_path):
   from mmtjax import checkpointing
   from mmtjax.models import get_model
   from mmtjax.state import create_train_state, with_pretrained
-  from tests.conftest import tiny_config
+  from tests.conftest import state_like, tiny_config
   source = tiny_config(tfds_dir)  # an MMT run's checkpoint, as train.py saves it ...
-  source_state, _ = create_train_state(get_model(source), source)
   ckpts = checkpointing.Checkpoints(str(tmp_path / 'mmt'))
-  ckpts.save(1, jax.device_get(source_state), source)
+  ckpts.save(1, state_like(source), source)
   ckpts.close()
   saved = checkpointing.Checkpoints(str(tmp_path / 'mmt'), create=False).restore_raw()
   config = tiny_config(tfds_dir, 'model=mmnet')  # ... gives its backbone to MM-Net
   config.model.pretrained = str(tmp_path / 'mmt')
-  state, _ = create_train_state(get_model(config), config)
-  loaded = with_pretrained(jax.device_get(state), config)
+  loaded = with_pretrained(state_like(config, seed=1), config)
   for got, want in zip(jax.tree.leaves(loaded.params['encoder']), jax.tree.leaves(saved['params']['encoder'])):
     np.testing.assert_array_equal(got, want)
   np.testing.assert_array_equal(loaded.model_state['batch_stats']['encoder']['stages_0']['BatchNorm_0']['mean'],
