@@ -193,10 +193,10 @@ def test_each_layout_through_the_command_line(name, backbone, stem, tmp_path, mo
   Image.fromarray(mask).save(tmp_path / 'm.png')
   cfg = tmp_path / 'golden_prototype.py'  # a user's config over configs/default.py: a depth-4 ViT's stages
   cfg.write_text('from configs import default\n\n\ndef get_config(arg=None):\n  c = default.get_config(arg)\n'
-                 f'  c.model.vit_blocks, c.model.vit_norm, c.model.stem = None, True, {stem!r}\n'
-                 '  c.data.image_size = 64\n  return c\n')
+                 f'  c.model.vit_blocks, c.model.vit_norm, c.model.stem = None, True, {stem!r}\n  return c\n')
   out = tmp_path / 'q_mask.png'
-  main(['--config', f'{cfg}:model=prototype', '--backbone', backbone, '--pretrained', path,
+  size = '32' if backbone.startswith('resnet') else '64'  # a 4 x 4 grid of /14 or /16 tokens at least
+  main(['--config', f'{cfg}:model=prototype', '--backbone', backbone, '--pretrained', path, '--image_size', size,
         '--support', f'{tmp_path / "s.png"}:{tmp_path / "m.png"}', '--query', str(tmp_path / 's.png'),
         '--out', str(out)])
   assert f'{out}: ' in capsys.readouterr().out

@@ -3,12 +3,12 @@ r"""Segments your own query images from support images and masks (mmtjax.predict
   python -m mmtjax.commands.predict --workdir W --support a.jpg:a.png [--support b.jpg:b.png] \
       --query q.jpg --out q_mask.png [--query r.jpg --out r_mask.png]
   python -m mmtjax.commands.predict --config configs/default.py:model=prototype \
-      --pretrained ~/weights/dinov2_vits14_pretrain.pth --support a.jpg:a.png --query q.jpg --out q.png \
-      --overlay q_overlay.png --probability q_probability.png
+      --pretrained ~/weights/dinov2_vits14_pretrain.pth --image_size 224 --support a.jpg:a.png --query q.jpg \
+      --out q.png --overlay q_overlay.png --probability q_probability.png
 
 --workdir loads a trained run; --config FILE[:ARGS] builds a training-free
-method (model=prototype) from its config, with --pretrained (and --backbone)
-setting model.pretrained (model.backbone).
+method (model=prototype) from its config, with --pretrained, --backbone and
+--image_size setting model.pretrained, model.backbone and data.image_size.
 
 Masks are written as 0/255 PNGs at each query's size, never over an existing
 file; --overlay writes the query with the predicted mask tinted and outlined,
@@ -43,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   source.add_argument('--config', help='FILE[:ARGS] of a training-free method, e.g. configs/default.py:model=prototype')
   parser.add_argument('--pretrained', help='with --config: model.pretrained (the backbone weights file)')
   parser.add_argument('--backbone', help='with --config: model.backbone, e.g. dinov2_vits14')
+  parser.add_argument('--image_size', type=int, help='with --config: data.image_size, the side the model sees '
+                      '(e.g. 224: 16 x 16 tokens of a /14 ViT; configs/default.py says 64, its demo size)')
   parser.add_argument('--support', action='append', required=True, help='IMAGE:MASK (repeat for K shots)')
   parser.add_argument('--query', action='append', required=True)
   parser.add_argument('--out', action='append', required=True, help='mask PNG per --query (never overwritten)')
@@ -56,8 +58,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                       help="test-time adaptation steps on the supports first (default: the checkpoint config's "
                            'eval.adapt.steps; 0: off)')
   args = parser.parse_args(argv)
-  if args.workdir and (args.pretrained or args.backbone):
-    parser.error('--pretrained and --backbone go with --config (a trained --workdir has its own)')
+  if args.workdir and (args.pretrained or args.backbone or args.image_size):
+    parser.error('--pretrained, --backbone and --image_size go with --config (a trained --workdir has its own)')
+  if args.image_size is not None and args.image_size < 1:
+    parser.error(f'--image_size must be >= 1, got {args.image_size}')
   from mmtjax import cli
   cli.quiet_libraries()
   cli.compile_cache()
@@ -137,6 +141,8 @@ def _config(args):
       config.model.pretrained = args.pretrained
     if args.backbone:
       config.model.backbone = args.backbone
+    if args.image_size:
+      config.data.image_size = args.image_size
   return config
 
 
