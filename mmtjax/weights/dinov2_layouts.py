@@ -22,6 +22,7 @@ import re
 
 import numpy as np
 
+from mmtjax.weights import files
 from mmtjax.weights.torch_pth import WeightsError
 
 LAYOUTS = ('Meta (blocks.N.attn.qkv)', 'transformers (encoder.layer.N.attention.attention.query)',
@@ -103,13 +104,7 @@ def _from_transformers(state: dict) -> dict:
     if m:
       qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = v
       continue
-    for pattern, repl in _HF:
-      new, n = re.subn(pattern, repl, k)
-      if n:
-        out[new] = v
-        break
-    else:
-      out[k] = v  # unknown: weights.vit names it in its one-line error
+    out[files.renamed(k, _HF)] = v
   for (block, kind), parts in qkv.items():
     if set(parts) != {'query', 'key', 'value'}:
       raise WeightsError(f'transformers layout: block {block} has only {sorted(parts)} of its query/key/value '

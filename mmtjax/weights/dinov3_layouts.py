@@ -26,6 +26,7 @@ import re
 
 import numpy as np
 
+from mmtjax.weights import files
 from mmtjax.weights.torch_pth import WeightsError
 
 LAYOUTS = ('Meta (storage_tokens, blocks.N.attn.qkv)', 'transformers (model.layer.N.attention.q_proj)',
@@ -95,13 +96,7 @@ def _from_transformers(state: dict) -> dict:
       name = ('w2' if proj == 'up_proj' else 'w3') if block in gated else ('fc1' if proj == 'up_proj' else 'fc2')
       out[f'blocks.{block}.mlp.{name}.{leaf}'] = v
       continue
-    for pattern, repl in _HF:
-      new, n = re.subn(pattern, repl, k)
-      if n:
-        out[new] = v
-        break
-    else:
-      out[k] = v  # unknown: weights.vit names it in its one-line error
+    out[files.renamed(k, _HF)] = v
   _join_qkv(out, qkv, _width(state))
   return out
 
@@ -134,11 +129,7 @@ def _from_timm(state: dict) -> dict:
       continue
     if (m := re.match(r'^blocks\.(\d+)\.mlp\.fc2\.', k)) and m.group(1) in swiglu:
       k = k.replace('.mlp.fc2.', '.mlp.w3.')
-    for pattern, repl in _TIMM:
-      k, n = re.subn(pattern, repl, k)
-      if n:
-        break
-    out[k] = v
+    out[files.renamed(k, _TIMM)] = v
   width = _width(state)
   for (block, _), parts in qkv.items():
     if f'blocks.{block}.attn.qkv.bias' not in out:

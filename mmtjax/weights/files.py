@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 
 import numpy as np
@@ -79,3 +80,13 @@ def read(path: str) -> dict[str, np.ndarray]:
       except WeightsError:
         pass
   return load_state_dict(path)
+
+
+def renamed(key: str, table) -> str:
+  """`key` under the first (regex, replacement) of `table` that matches it; as it is when none
+  does (the layout modules' key maps: an unknown key reaches the loader, which names it)."""
+  for pattern, replacement in table:
+    new, n = re.subn(pattern, replacement, key)
+    if n:
+      return new
+  return key
