@@ -14,6 +14,9 @@ Losses on an episode with K labelled supports:
   'augment' (the default for K = 1): each support is predicted from an
     augmented copy of itself (flip, scale, colour jitter), a fresh draw per
     step from a key that depends only on the episode (its `episode_seed`);
+  K = 1, 'copy_paste': the support and `copies` copy-paste copies of it
+    (copy_paste.py: its object pasted elsewhere on itself, drawn once per
+    episode from the same key), then leave-one-out over the 1 + copies shots;
   with `use_query`, + query_weight x the mean binary entropy of the
     unlabelled query's prediction (the query's labels are never read).
 """
@@ -31,12 +34,14 @@ import ml_collections
 import optax
 from ml_collections import config_dict
 
-from mmtjax import losses, ops
+from mmtjax import copy_paste, losses, ops
 from mmtjax.errors import UserError, finite_number
+from mmtjax.models import backbones
 
-LOSSES = ('auto', 'leave_one_out', 'augment')
+LOSSES = ('auto', 'leave_one_out', 'augment', 'copy_paste')
 OPTIMIZERS = ('sgd', 'adam')
 ADAPT_SUFFIX = '+adapt'
+_COPIES_STREAM = 2 ** 31 - 1  # fold_in(episode key, this): the copy_paste copies' key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,11 +53,13 @@ class Adaptation:
   steps: optimiser steps per episode (0 in a config: off).
   groups: the method's adapt_groups to tune (config None: the method's adapt_default).
   optimizer, lr: optax 'adam' or 'sgd' and its learning rate.
-  loss: 'auto' (K >= 2: 'leave_one_out', K = 1: 'augment'), 'leave_one_out' or 'augment'.
+  loss: 'auto' (K >= 2: 'leave_one_out', K = 1: 'augment'), 'leave_one_out', 'augment' or
+    'copy_paste' (K = 1).
   use_query, query_weight: + query_weight x the entropy of the unlabelled query's prediction.
   flip, scale, jitter: the 'augment' loss's copy of a support (horizontal flip with p = 0.5, a
     log-uniform zoom in [scale[0], scale[1]] about the centre, per-channel gain and offset in
-    [-jitter, jitter] on the normalised image).
+    [-jitter, jitter] on the normalised image); flip and scale also draw the 'copy_paste' copies.
+  copies: the 'copy_paste' loss's copies of the support (HERA: 2).
   seed: folded with each episode's own seed for the augmentation draws.
   """
   steps: int
@@ -65,6 +72,7 @@ class Adaptation:
   flip: bool = True
   scale: tuple[float, float] = (0.8, 1.2)
   jitter: float = 0.2
+  copies: int = 2
   seed: int = 0
 
   def loss_for(self, shots: int) -> str:
@@ -107,7 +115,12 @@ def from_config(config: ml_collections.ConfigDict, method) -> Adaptation | None:
       (_positive(a.get('lr', 1e-3)), 'eval.adapt.lr must be a finite number > 0'),
       (a.get('loss', 'auto') in LOSSES, f'eval.adapt.loss must be one of {LOSSES}'),
       (a.get('loss', 'auto') != 'leave_one_out' or config.data.shot >= 2,
-       "eval.adapt.loss 'leave_one_out' needs data.shot >= 2; use 'augment' (or 'auto') for 1-shot"),
+       "eval.adapt.loss 'leave_one_out' needs data.shot >= 2; use 'copy_paste' or 'augment' (or 'auto') "
+       'for 1-shot'),
+      (a.get('loss', 'auto') != 'copy_paste' or config.data.shot == 1,
+       "eval.adapt.loss 'copy_paste' makes pseudo-shots for 1-shot episodes; use 'leave_one_out' (or 'auto') "
+       'with data.shot >= 2'),
+      (isinstance(a.get('copies', 2), int) and a.get('copies', 2) >= 1, 'eval.adapt.copies must be an integer >= 1'),
       (_positive(a.get('query_weight', 0.1), zero=True), 'eval.adapt.query_weight must be >= 0'),
       (len(tuple(a.get('scale', (0.8, 1.2)))) == 2 and 0 < min(a.get('scale', (0.8, 1.2))),
        'eval.adapt.scale must be (min, max) with min > 0'),
@@ -120,7 +133,7 @@ def from_config(config: ml_collections.ConfigDict, method) -> Adaptation | None:
                     lr=float(a.get('lr', 1e-3)), loss=a.get('loss', 'auto'), use_query=bool(a.get('use_query')),
                     query_weight=float(a.get('query_weight', 0.1)), flip=bool(a.get('flip', True)),
                     scale=tuple(float(s) for s in a.get('scale', (0.8, 1.2))), jitter=float(a.get('jitter', 0.2)),
-                    seed=int(a.get('seed', 0)))
+                    copies=int(a.get('copies', 2)), seed=int(a.get('seed', 0)))
 
 
 def _positive(x, zero: bool = False) -> bool:
@@ -185,7 +198,7 @@ def pseudo_episodes(key: jax.Array, support_images: jax.Array, support_labels: j
   images: the backbone runs on them).
   """
   k = support_images.shape[0]
-  if loss == 'leave_one_out':
+  if loss in ('leave_one_out', 'copy_paste'):  # copy_paste: on the support and its copies
     others = jnp.array([[j for j in range(k) if j != i] for i in range(k)])
     out = {'support_images': support_images[others], 'support_labels': support_labels[others],
            'query_images': support_images, 'query_labels': support_labels}
@@ -205,12 +218,31 @@ def binary_entropy(logits: jax.Array) -> jax.Array:
   return -jnp.mean(jnp.sum(jnp.exp(logp) * logp, axis=-1))
 
 
+def with_pseudo_shots(model, variables: Any, episode: Mapping[str, Any], key: jax.Array,
+                      adaptation: Adaptation) -> dict[str, Any]:
+  """A 1-shot episode whose supports are its support and `adaptation.copies` copy-paste copies
+  of it (copy_paste.py), drawn from `key`; with cached backbone features, the copies' features
+  are computed here (once per episode: the backbone is frozen) and appended."""
+  images, labels = copy_paste.with_copies(key, episode['support_images'], episode['support_labels'],
+                                          adaptation.copies, flip=adaptation.flip, scale=adaptation.scale)
+  out = {**episode, 'support_images': images, 'support_labels': labels}
+  if 'support_features' in episode:
+    stop = max((n for n in episode['support_features'] if n in backbones.STAGES), key=backbones.STAGES.index)
+    new = model.apply(variables, images[1:], stop, method='backbone_features')
+    out['support_features'] = {n: jnp.concatenate([v, new[n].astype(v.dtype)])
+                               for n, v in episode['support_features'].items()}
+  return out
+
+
 def adaptation_loss(method, model, variables: Any, episode: Mapping[str, jax.Array], key: jax.Array, *,
-                    mode: Mapping[str, Any], adaptation: Adaptation) -> jax.Array:
-  """The adaptation loss of one episode (arrays without the episode axis) under `variables`."""
-  shots = episode['support_images'].shape[0]
-  pseudo = pseudo_episodes(key, episode['support_images'], episode['support_labels'],
-                           adaptation.loss_for(shots), adaptation, episode.get('support_features'))
+                    mode: Mapping[str, Any], adaptation: Adaptation, shots: Mapping[str, Any] | None = None
+                    ) -> jax.Array:
+  """The adaptation loss of one episode (arrays without the episode axis) under `variables`;
+  `shots`: the labelled images the loss learns from (with_pseudo_shots; default: the episode)."""
+  shots = episode if shots is None else shots
+  pseudo = pseudo_episodes(key, shots['support_images'], shots['support_labels'],
+                           adaptation.loss_for(episode['support_images'].shape[0]), adaptation,
+                           shots.get('support_features'))
   outputs = method.apply(model, variables, pseudo, train=False, mode=mode)
   loss = losses.pixel_cross_entropy(outputs['logits'], pseudo['query_labels'])
   if adaptation.use_query:
@@ -235,10 +267,14 @@ def adapt_episode(method, model, variables: Any, episode: Mapping[str, jax.Array
   tx = optimizer(adaptation)
   key = jax.random.fold_in(jax.random.key(adaptation.seed), episode['episode_seed'])
   rest = {k: v for k, v in variables.items() if k != 'params'}
+  shots = None
+  if adaptation.loss_for(episode['support_images'].shape[0]) == 'copy_paste':
+    # Drawn once per episode (as HERA), from a stream the steps' keys (fold_in(key, step)) never use.
+    shots = with_pseudo_shots(model, variables, episode, jax.random.fold_in(key, _COPIES_STREAM), adaptation)
 
   def loss_fn(p, k):
     return adaptation_loss(method, model, {**rest, 'params': merge(p, frozen)}, episode, k, mode=mode,
-                           adaptation=adaptation)
+                           adaptation=adaptation, shots=shots)
 
   def step(carry, i):
     p, opt_state = carry

@@ -130,6 +130,61 @@ def test_adaptation_steps_lower_the_loss_and_only_touch_the_groups():
   assert set(tuned) == {('head', 'kernel'), ('head', 'bias')}
 
 
+def test_copy_paste_copies_move_the_object_and_its_mask_as_numpy_does():
+  from mmtjax import copy_paste
+  mask = np.zeros((12, 16), np.int32)
+  mask[2:6, 3:8] = 1
+  mask[0, :] = 255  # an ignored row stays ignored where nothing is pasted
+  image = np.random.default_rng(0).normal(size=(12, 16, 3)).astype(np.float32)
+  seen = set()
+
+  @jax.jit
+  def copy(key):
+    p = copy_paste.draw(key, jnp.asarray(mask), scale=(1.0, 1.0))
+    return p, copy_paste.paste(jnp.asarray(image), jnp.asarray(mask), p)
+
+  for seed in range(12):
+    p, (out_image, out_mask) = copy(jax.random.key(seed))
+    out_image, out_mask = np.asarray(out_image), np.asarray(out_mask)
+    # numpy: flip the background and the object, shift the object by whole pixels, paste it on.
+    bg = image[:, ::-1] if p.flip_background else image
+    bg_mask = mask[:, ::-1] if p.flip_background else mask
+    obj, fg = (image[:, ::-1], mask[:, ::-1] == 1) if p.flip_object else (image, mask == 1)
+    dy, dx = (int(v) for v in np.asarray(p.shift))
+    want_image, want_mask = bg.copy(), bg_mask.copy()
+    for y, x in zip(*np.nonzero(fg)):
+      if 0 <= y + dy < 12 and 0 <= x + dx < 16:
+        want_image[y + dy, x + dx], want_mask[y + dy, x + dx] = obj[y, x], 1
+    np.testing.assert_allclose(out_image, want_image, atol=1e-6)
+    np.testing.assert_array_equal(out_mask, want_mask)
+    seen.add((bool(p.flip_background), bool(p.flip_object), dy, dx))
+  assert len(seen) > 6  # the draws differ from key to key
+  # n copies, each from its own fold of the key; the support leads with_copies' shots.
+  images, labels = copy_paste.with_copies(jax.random.key(5), jnp.asarray(image)[None], jnp.asarray(mask)[None], 2)
+  assert images.shape == (3, 12, 16, 3) and labels.shape == (3, 12, 16)
+  np.testing.assert_array_equal(np.asarray(labels[0]), mask)
+  one = copy_paste.paste(jnp.asarray(image), jnp.asarray(mask),
+                         copy_paste.draw(jax.random.fold_in(jax.random.key(5), 1), jnp.asarray(mask)))
+  np.testing.assert_array_equal(np.asarray(labels[2]), np.asarray(one[1]))
+
+
+def test_copy_paste_loss_is_leave_one_out_over_the_support_and_its_copies():
+  from mmtjax import copy_paste
+  model, variables = _toy_params()
+  ep = _toy_episode(1)
+  a = adapt.Adaptation(steps=1, groups=('head',), loss='copy_paste', copies=2)
+  key = jax.random.key(7)
+  shots = adapt.with_pseudo_shots(model, variables, ep, key, a)
+  images, labels = copy_paste.with_copies(key, jnp.asarray(ep['support_images']), jnp.asarray(ep['support_labels']), 2)
+  np.testing.assert_array_equal(np.asarray(shots['support_images']), np.asarray(images))
+  got = adapt.adaptation_loss(_ToyMethod(), model, variables, ep, jax.random.key(0), mode={}, adaptation=a,
+                              shots=shots)
+  x, y = np.asarray(images, np.float64), np.asarray(labels)
+  want = np.mean([_np_ce(_np_logits(variables['params'], np.delete(x, i, 0), np.delete(y, i, 0), x[i]), y[i])
+                  for i in range(3)])
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
 # --- the tiny MMT / MM-Net through the compiled evaluation step ------------------------------
 
 def _real(tfds_dir, model_name='mmt', shot=2, **fields):
@@ -158,8 +213,9 @@ def _step(method, model, adaptation, mode, output='counts', kshot='model'):
                                               kshot=kshot, adaptation=adaptation)[0])
 
 
-def test_an_episodes_scores_do_not_depend_on_its_batch_order_or_device_count(tfds_dir):
-  config, method, model, variables, batch, a = _real(tfds_dir, use_query=True)
+@pytest.mark.parametrize('shot,loss', [(2, 'auto'), (1, 'copy_paste')])
+def test_an_episodes_scores_do_not_depend_on_its_batch_order_or_device_count(tfds_dir, shot, loss):
+  config, method, model, variables, batch, a = _real(tfds_dir, shot=shot, use_query=True, loss=loss)
   mode = {'transfer': True}
   step = _step(method, model, a, mode)
   together = np.asarray(step(variables, batch))
@@ -173,8 +229,9 @@ def test_an_episodes_scores_do_not_depend_on_its_batch_order_or_device_count(tfd
   np.testing.assert_array_equal(np.asarray(out).reshape(4, -1), together)
 
 
-def test_the_adapted_parameters_see_nothing_outside_their_episode(tfds_dir):
-  config, method, model, variables, batch, a = _real(tfds_dir, use_query=True)
+@pytest.mark.parametrize('shot,loss', [(2, 'auto'), (1, 'copy_paste')])
+def test_the_adapted_parameters_see_nothing_outside_their_episode(tfds_dir, shot, loss):
+  config, method, model, variables, batch, a = _real(tfds_dir, shot=shot, use_query=True, loss=loss)
   mode = {'transfer': True}
   run = jax.jit(lambda b: adapt.adapt_batch(method, model, variables, b, mode=mode, adaptation=a)[0])
   tuned = run(batch)
@@ -220,6 +277,9 @@ def test_a_group_the_method_lacks_is_one_line_listing_its_groups(tfds_dir, model
   config.eval.adapt.update(dict(groups=None, loss='leave_one_out'))
   config.data.shot = 1
   with pytest.raises(UserError, match="'leave_one_out' needs data.shot >= 2"):
+    config_lib.validate(config)
+  config.eval.adapt.loss, config.data.shot = 'copy_paste', 5
+  with pytest.raises(UserError, match="'copy_paste' makes pseudo-shots for 1-shot episodes"):
     config_lib.validate(config)
 
 

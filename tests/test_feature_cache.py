@@ -51,7 +51,8 @@ _VIT = dict(backbone='dinov2_tiny', vit_blocks=(1, 2, 3, 4), vit_norm=False)
     (MMNet(**_VIT, reduce_dim=8, num_meta_classes=4, bins=(4, 2), bin_reference_size=4), 'layer3',
      ({'train': False},)),
     (PrototypeMatcher(**_VIT, feature_stages=('layer3', 'layer4')), 'layer4', ({'train': False},)),
-], ids=['mmt', 'baseline', 'mmnet', 'prototype'])
+    (PrototypeMatcher(**_VIT, feature_stages=('layer3', 'layer4'), choose_stages=1), 'layer4', ({'train': False},)),
+], ids=['mmt', 'baseline', 'mmnet', 'prototype', 'prototype_choice'])
 def test_models_read_cached_features_as_they_compute_them(model, stop, modes):
   si, sl, qi = _episode()
   rngs = {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1), 'memory': jax.random.PRNGKey(2)}
@@ -118,20 +119,24 @@ def test_the_cache_applies_only_where_the_backbone_cannot_change(name, model, tr
   assert methods.get(name).feature_stop(_config(name, **model), training=training) == stop
 
 
-def test_adaptation_reads_the_cache_where_its_pseudo_episodes_reuse_the_images():
+@pytest.mark.parametrize('shots,loss', [(2, 'leave_one_out'), (1, 'copy_paste')])
+def test_adaptation_reads_the_cache_where_its_pseudo_episodes_reuse_the_images(shots, loss):
   """Leave-one-out pseudo-episodes (and the query entropy term) rearrange the cached features;
-  the adapted predictions are the uncached ones. (Augmented copies are new images: the backbone
-  runs on them, and only the final forward reads the cache.)"""
+  copy-paste copies get theirs computed once and appended; the adapted predictions are the
+  uncached ones. (Augmented copies are new images: the backbone runs on them, and only the final
+  forward reads the cache.)"""
   from mmtjax import adapt
   from mmtjax.methods.baseline import BaselineMethod
   model = MMT(**_VIT, memory_stage='layer4', feature_stages=('layer4',), use_memory=False, neck_type='residual')
   si, sl, qi = _episode()
+  si, sl = si[:, :shots], sl[:, :shots]
   variables = jax.device_get(model.init({'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)},
                                         si, sl, qi, train=False))
-  feats, _ = _features(model, variables, si, qi, 'layer4')
+  cache = feature_cache.FeatureCache(model, variables, 'layer4', 2**30)
+  feats = cache.features(np.concatenate([si.reshape(B * shots, S, S, 3), qi]))
   batch = {'support_images': si, 'support_labels': sl, 'query_images': qi,
            'episode_seed': np.arange(B, dtype=np.int32)}
-  adaptation = adapt.Adaptation(steps=1, groups=('neck',), lr=1e-1, loss='leave_one_out', use_query=True)
+  adaptation = adapt.Adaptation(steps=1, groups=('neck',), lr=1e-1, loss=loss, use_query=True)
   method = BaselineMethod()
 
   def logits(v, b):

@@ -229,3 +229,95 @@ def test_a_vit_image_size_under_four_patches_and_a_missing_weights_file_are_one_
   config.model.pretrained = '~/no/such/dinov2_vits14_pretrain.pth'
   with pytest.raises(UserError, match='model.pretrained ~/no/such/dinov2_vits14_pretrain.pth does not exist'):
     config_lib.validate(config)
+
+
+# --- per-episode stage choice (HERA's layer choice), gradient-free ----------------------------
+
+def test_leave_one_out_iou_matches_numpy():
+  from mmtjax.methods.prototype import leave_one_out_iou
+  rng = np.random.default_rng(0)
+  b, k, h, d = 2, 3, 6, 5
+  feats = rng.normal(size=(b, k, h, h, d)).astype(np.float32)
+  labels = (rng.random((b, k, h, h)) > 0.5).astype(np.int32)
+  labels[:, :, 0, :2] = 255
+  got = np.asarray(leave_one_out_iou(jnp.asarray(feats), jnp.asarray(labels)))
+  want = np.zeros(b)
+  for e in range(b):
+    protos = [[feats[e, j][labels[e, j] == c].mean(0) for c in (0, 1)] for j in range(k)]
+    for i in range(k):
+      bg, fg = (np.mean([protos[j][c] for j in range(k) if j != i], axis=0) for c in (0, 1))
+      cos = [feats[e, i] @ p / (np.linalg.norm(feats[e, i], axis=-1) * np.linalg.norm(p)) for p in (bg, fg)]
+      pred, valid = cos[1] > cos[0], labels[e, i] != 255
+      truth = labels[e, i] == 1
+      want[e] += ((pred & truth & valid).sum() / ((pred | truth) & valid).sum()) / k
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_stage_choice_picks_the_planted_block_and_predicts_with_it_alone():
+  """Two shots, four stages of given features: only layer3's tokens tell the object from the
+  background (in episode 1 only layer1's); each episode uses the stage its supports vouch for."""
+  from mmtjax.methods.prototype import PrototypeMatcher
+  rng = np.random.default_rng(1)
+  b, k, s, h, d = 2, 2, 28, 2, 8  # 28 px of patch 14: 2 x 2 tokens
+  labels = np.zeros((b, k, s, s), np.int32)
+  labels[..., :14, :] = 1  # the top row of tokens is the object
+  token_fg = np.zeros((b * k + b, h, h), bool)
+  token_fg[:, 0] = True
+  feats = {}
+  for stage in ('layer1', 'layer2', 'layer3', 'layer4'):
+    x = rng.normal(size=(b * k + b, h, h, d)).astype(np.float32)
+    feats[stage] = x
+  planted = {0: 'layer3', 1: 'layer1'}
+  for e, stage in planted.items():
+    rows = [e * k + j for j in range(k)] + [b * k + e]
+    x = feats[stage]
+    x[rows] = np.where(token_fg[rows][..., None], np.eye(d)[0] * 3, np.eye(d)[1] * 3) + 0.1 * x[rows]
+  si = np.zeros((b, k, s, s, 3), np.float32)
+  qi = np.zeros((b, s, s, 3), np.float32)
+  model = PrototypeMatcher(backbone='dinov2_tiny', vit_blocks=(1, 2, 3, 4), vit_norm=False,
+                           feature_stages=('layer1', 'layer2', 'layer3', 'layer4'), choose_stages=1)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), si, labels, qi, train=False))
+  variables = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)  # no backbone runs: features given
+  out = jax.jit(lambda f: model.apply(variables, si, labels, qi, train=False, features=f))(feats)
+  scores = np.asarray(out['stage_scores'])
+  assert list(scores.argmax(1)) == [2, 0] and np.allclose(scores[[0, 1], [2, 0]], 1.0)
+  for e, stage in planted.items():
+    alone = PrototypeMatcher(backbone='dinov2_tiny', vit_blocks=(1, 2, 3, 4), vit_norm=False, feature_stages=(stage,))
+    want = jax.jit(lambda f, m=alone: m.apply(variables, si, labels, qi, train=False, features=f))(feats)['logits']
+    np.testing.assert_allclose(np.asarray(out['logits'][e]), np.asarray(want[e]), atol=1e-5)
+
+
+def test_one_shot_stage_choice_scores_on_copies_and_does_not_depend_on_the_batch(tfds_dir):
+  """One shot: the choice scores on the support and its copy-paste copies (keys from the episode's
+  seed), so an episode's prediction is the same alone, in a batch, reordered, on two devices."""
+  from mmtjax import parallel, steps
+  config = _config(tfds_dir, 'prototype', vit_blocks=(1, 2, 3, 4),
+                   feature_stages=('layer2', 'layer3', 'layer4'), choose_stages=1)
+  method = methods.for_config(config)
+  model = method.build(config)
+  variables = untrained_variables(model, config)
+  rng = np.random.default_rng(2)
+  b, s = 4, 42
+  labels = np.zeros((b, 1, s, s), np.int32)
+  labels[:, :, 8:30, 5:25] = 1
+  batch = {'support_images': rng.normal(size=(b, 1, s, s, 3)).astype(np.float32), 'support_labels': labels,
+           'query_images': rng.normal(size=(b, s, s, 3)).astype(np.float32),
+           'query_labels': labels[:, 0], 'episode_seed': np.array([5, 6, 7, 8], np.int32)}
+  out = method.apply(model, variables, batch, train=False)
+  assert out['stage_scores'].shape == (b, 3)
+  step = jax.jit(lambda v, x: steps.eval_step(v, x, method=method, model=model, mode={}, output='logits')[0])
+  together = np.asarray(step(variables, batch))
+  order = np.array([2, 0, 3, 1])
+  # The same copies and the same choice wherever the episode sits (the ViT's sums may round
+  # differently in another batch shape: 1e-5 of logits about 10).
+  np.testing.assert_allclose(np.asarray(step(variables, {k: v[order] for k, v in batch.items()})), together[order],
+                             atol=1e-5)
+  np.testing.assert_allclose(np.asarray(step(variables, {k: v[1:2] for k, v in batch.items()}))[0], together[1],
+                             atol=1e-5)
+  devices = jax.local_devices()[:2]
+  pmapped = parallel.make_eval_step(method, model, {}, devices, output='logits')
+  sharded, _ = pmapped(parallel.replicate(variables, devices), {k: v.reshape(2, 2, *v.shape[1:]) for k, v in batch.items()})
+  np.testing.assert_allclose(np.asarray(sharded).reshape(together.shape), together, atol=1e-5)
+  # Another seed draws other copies: the scores (not necessarily the choice) change.
+  other = method.apply(model, variables, {**batch, 'episode_seed': batch['episode_seed'] + 100}, train=False)
+  assert not np.allclose(np.asarray(other['stage_scores']), np.asarray(out['stage_scores']))

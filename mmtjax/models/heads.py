@@ -11,7 +11,8 @@ from mmtjax import ops
 
 def shot_prototypes(support_feats: jax.Array, support_labels: jax.Array
                     ) -> tuple[jax.Array, jax.Array]:
-  """Background and foreground prototypes, averaged over the K shots.
+  """Background and foreground prototypes, averaged over the K shots (per_shot_prototypes'
+  mean over its shot axis).
 
   Args:
     support_feats: [B, K, h, w, D] support features.
@@ -22,13 +23,20 @@ def shot_prototypes(support_feats: jax.Array, support_labels: jax.Array
   Returns:
     (bg [B, D], fg [B, D]); an empty mask gives a zero prototype.
   """
+  bg, fg = per_shot_prototypes(support_feats, support_labels)
+  return bg.mean(axis=1), fg.mean(axis=1)
+
+
+def per_shot_prototypes(support_feats: jax.Array, support_labels: jax.Array
+                        ) -> tuple[jax.Array, jax.Array]:
+  """Each shot's own (bg [B, K, D], fg [B, K, D]) prototypes (shot_prototypes before the mean)."""
   b, k, h, w, d = support_feats.shape
   fg, valid = ops.binary_masks(support_labels.reshape(b * k, *support_labels.shape[2:]))
   fg_small = ops.resize_mask(fg, (h, w))
   bg_small = ops.resize_mask(valid - fg, (h, w))
   feats = support_feats.reshape(b * k, h, w, d)
-  fg_proto = ops.masked_average_pool(feats, fg_small).reshape(b, k, d).mean(axis=1)
-  bg_proto = ops.masked_average_pool(feats, bg_small).reshape(b, k, d).mean(axis=1)
+  fg_proto = ops.masked_average_pool(feats, fg_small).reshape(b, k, d)
+  bg_proto = ops.masked_average_pool(feats, bg_small).reshape(b, k, d)
   return bg_proto, fg_proto
 
 
