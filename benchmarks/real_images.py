@@ -317,12 +317,14 @@ def select(args) -> None:
 
 
 def adaptation(args) -> None:
-  """Test-time adaptation steps for the 5-shot rows, chosen on CamVid's validation split (seen and
-  unseen classes) with the trained `--trained` workdir of `--method` (METHODS' settings)."""
+  """Test-time adaptation steps (and `--loss`) for the adapted rows, chosen on CamVid's validation
+  split (seen and unseen classes) with the trained `--trained` workdir of `--method` (METHODS'
+  settings)."""
   from mmtjax.data.episodes import ShotCountError
   rows = []
   for steps in args.steps:
-    cfg = _config(args.method, args.shot, args.data, args.weights, **{**TRAIN, **METHODS[args.method]})
+    cfg = _config(args.method, args.shot, args.data, args.weights,
+                  **{**TRAIN, **METHODS[args.method], 'eval.adapt.loss': args.loss})
     t = time.time()
     miou = {}
     for c in ('seen', 'unseen'):
@@ -331,11 +333,36 @@ def adaptation(args) -> None:
       except ShotCountError as e:  # CamVid's validation Pole: 4 images with >= MIN_PIXELS of it
         print(f'{c} classes: {e}', flush=True)
         miou[c] = None
-    rows.append({'method': args.method, 'shot': args.shot, 'adapt_steps': steps, 'val_miou': miou['seen'],
+    rows.append({'method': args.method, 'shot': args.shot, 'adapt_steps': steps, 'loss': args.loss,
+                 'val_miou': miou['seen'],
                  'val_unseen_miou': miou['unseen'], 's': time.time() - t})
-    print(f"{args.method} {args.shot}-shot, {steps} adaptation steps: val mIoU seen {miou['seen']}, "
-          f"unseen {miou['unseen']:.2f} ({time.time() - t:.0f} s)", flush=True)
-  _write(args.workdir, f'adaptation_{args.method}.json', rows)
+    print(f"{args.method} {args.shot}-shot, {steps} adaptation steps ({args.loss}): val mIoU seen "
+          f"{miou['seen']}, unseen {miou['unseen']:.2f} ({time.time() - t:.0f} s)", flush=True)
+  _write(args.workdir, f'adaptation_{args.method}_{args.shot}shot_{args.loss}.json', rows)
+
+
+def choice(args) -> None:
+  """`prototype` under each candidate setting (e.g. per-episode stage choice: model.choose_stages)
+  on CamVid's validation split, seen and unseen classes, for each of `--shots`: the choices
+  behind PROTOTYPE_CHOICE (never a target)."""
+  from mmtjax.data.episodes import ShotCountError
+  rows = []
+  for fields in json.loads(args.candidates):
+    for shot in args.shots:
+      cfg = _config('prototype', shot, args.data, args.weights, **fields)
+      t = time.time()
+      miou = {}
+      for c in ('seen', 'unseen'):
+        try:
+          miou[c] = _validation_miou(cfg, None, args.episodes, c)
+        except ShotCountError as e:  # CamVid's validation Pole: 4 images with >= MIN_PIXELS of it
+          print(f'{c} classes: {e}', flush=True)
+          miou[c] = None
+      rows.append({'fields': fields, 'shot': shot, 'val_miou': miou['seen'], 'val_unseen_miou': miou['unseen'],
+                   's': time.time() - t})
+      print(f"prototype {fields} {shot}-shot: val mIoU seen {miou['seen']}, unseen {miou['unseen']:.2f} "
+            f'({time.time() - t:.0f} s)', flush=True)
+  _write(args.workdir, 'choice_prototype.json', rows)
 
 
 def floor(args) -> None:
@@ -466,10 +493,18 @@ if __name__ == '__main__':
   a.add_argument('--trained', required=True, help='a training workdir of --method with METHODS settings')
   a.add_argument('--steps', type=lambda v: [int(x) for x in v.split(',')], default=[0, 5, 10])
   a.add_argument('--shot', type=int, default=5)
+  a.add_argument('--loss', default='auto', help="eval.adapt.loss ('auto', 'copy_paste', 'augment', ...)")
+  a.add_argument('--data', required=True)
+  a.add_argument('--weights', required=True)
+  a.add_argument('--workdir', required=True)
+  a.add_argument('--episodes', type=int, default=100)
+  a = sub.add_parser('choice')
+  a.add_argument('--candidates', required=True, help='JSON list of {"section.field": value} settings')
+  a.add_argument('--shots', type=lambda v: [int(x) for x in v.split(',')], default=[1, 5])
   a.add_argument('--data', required=True)
   a.add_argument('--weights', required=True)
   a.add_argument('--workdir', required=True)
   a.add_argument('--episodes', type=int, default=100)
   args = p.parse_args()
   {'select': select, 'prepare': prepare, 'blocks': blocks, 'run': run, 'floor': floor,
-   'adaptation': adaptation}[args.cmd](args)
+   'adaptation': adaptation, 'choice': choice}[args.cmd](args)
