@@ -98,10 +98,12 @@ def measure(a):
   for model, seed in itertools.product(a.models, a.seeds):
     workdir = _workdir(a.out, model, seed)
     for shot in a.shots:
-      config = _config(model, seed, shot, **({'steps': a.adapt_steps} if a.adapt_steps is not None else {}))
+      config = _config(model, seed, shot, **({'steps': a.adapt_steps} if a.adapt_steps is not None else {}),
+                       **a.extra)
       if not config.eval.adapt.steps:
         raise SystemExit('error: the config has eval.adapt.steps=0; pass --adapt_steps N')
-      report = eval_lib.evaluate(config, workdir, output=os.path.join(workdir, f'adapt_target_{shot}shot.json'))
+      label = ''.join(f'_{k}={v}' for k, v in a.extra.items())
+      report = eval_lib.evaluate(config, workdir, output=os.path.join(workdir, f'adapt_target_{shot}shot{label}.json'))
       for row, r in report['results'].items():
         results.setdefault(model, {}).setdefault(row, {}).setdefault(str(shot), []).append(r['miou'])
       print(f'{model} seed {seed} {shot}-shot: ' + ', '.join(
@@ -183,7 +185,7 @@ def main():
   p.add_argument('--groups', default=None, help="select: comma-separated groups, each alone (default: each "
                  'group of the method alone, and all together)')
   p.add_argument('--adapt_steps', type=int, default=None, help='measure/speed: eval.adapt.steps (default: config)')
-  p.add_argument('--extra', default='', help='select: other eval.adapt fields, e.g. use_query=true,optimizer=sgd')
+  p.add_argument('--extra', default='', help='select, measure: other eval.adapt fields, e.g. loss=copy_paste,use_query=true')
   p.add_argument('--speed_episodes', type=int, default=16)
   a = p.parse_args()
   a.models = a.models.split(',')
@@ -199,7 +201,7 @@ def main():
   result = {'train': train, 'select': select, 'measure': measure, 'speed': speed}[a.stage](a)
   if result:
     os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, f'{a.stage}.json'), 'w') as f:
+    with open(os.path.join(a.out, f'{a.stage}{a.extra_label.replace(" ", "_")}.json'), 'w') as f:
       json.dump({'command': ' '.join(sys.argv), 'device': jax.devices()[0].device_kind, 'results': result}, f, indent=1)
 
 

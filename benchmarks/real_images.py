@@ -252,8 +252,12 @@ def _register_trivial() -> None:
 
 # --- the table ----------------------------------------------------------------------------------
 
-# Settings chosen on CamVid's validation split (`blocks`, and docs/assumptions.md "Real images").
+# Settings chosen on CamVid's validation split (`blocks`, `choice`, and docs/assumptions.md "Real images").
 PROTOTYPE = {}
+# Per episode, the best of raw blocks 8-11 by leave-one-out on the supports (1-shot: on the support
+# and two copy-paste copies of it): the row 'prototype+choice'.
+PROTOTYPE_CHOICE = {'model.vit_blocks': (8, 9, 10, 11), 'model.feature_stages': ('layer1', 'layer2', 'layer3', 'layer4'),
+                    'model.choose_stages': 1}
 TRAIN = {'train.num_steps': 300, 'train.batch_size': 4, 'train.lr': 1e-3, 'train.warmup_steps': 20,
          'train.eval_every': 0, 'train.log_every': 50, 'train.checkpoint_every': 300, 'train.log_panels': 0}
 _READ = {'model.vit_blocks': (3, 6, 9, 10), 'model.vit_norm': False}  # layer3 = block 9, layer4 = block 10, raw
@@ -379,13 +383,15 @@ def run(args) -> None:
   t0 = time.time()
   rows, timing, speed = [], {}, {}
   only = set(args.rows)
-  for name in ('all_foreground', 'colour_histogram', 'prototype'):
+  free = {'all_foreground': ('all_foreground', {}), 'colour_histogram': ('colour_histogram', {}),
+          'prototype': ('prototype', PROTOTYPE), 'prototype_choice': ('prototype', PROTOTYPE_CHOICE)}
+  for name, (method, fields) in free.items():
     if name not in only:
       continue
     t = time.time()
-    cfg = _config(name, 1, args.data, args.weights if name == 'prototype' else None, **PROTOTYPE)
+    cfg = _config(method, 1, args.data, args.weights if method == 'prototype' else None, **fields)
     report = _sweep(cfg, os.path.join(args.workdir, name), args, args.shots)
-    rows += _rows(report)
+    rows += _rows(report, label='prototype+choice' if name == 'prototype_choice' else None)
     speed[f'{name} evaluation episodes/s'] = _speed(report)
     timing[name] = time.time() - t
     print(f'{name}: {timing[name]:.0f} s', flush=True)
@@ -398,19 +404,22 @@ def run(args) -> None:
     for seed in seeds:
       cfg = _config(name, 1, args.data, args.weights, **TRAIN, **fields, seed=seed)
       ts = time.time()
-      train_lib.train(cfg, os.path.join(args.workdir, name, str(seed)))
+      where = os.path.join(args.workdir, name, str(seed))
+      if not (args.reuse_training and os.path.isdir(os.path.join(where, 'checkpoints'))):
+        train_lib.train(cfg, where)
       per_seed.append(round(time.time() - ts, 1))
     timing[f'{name} training'] = time.time() - t
     speed[f'{name} training s per seed (300 steps, compiling and first feature pass included)'] = per_seed
     t = time.time()
     cfg = _config(name, 1, args.data, args.weights, **TRAIN, **fields)
     where = os.path.join(args.workdir, name, '{seed}')
-    report = _sweep(cfg, where, args, args.shots, seeds=seeds)
-    rows += _rows(report, label=None)
-    speed[f'{name} evaluation episodes/s'] = _speed(report)
+    if not args.adapted_only:
+      report = _sweep(cfg, where, args, args.shots, seeds=seeds)
+      rows += _rows(report, label=None)
+      speed[f'{name} evaluation episodes/s'] = _speed(report)
     if args.adapt_steps and name in args.adapt_methods:
       adapt_seeds = seeds[:args.adapt_seed_count]
-      report = _sweep(cfg, where, args, [5], seeds=adapt_seeds, adapt_steps=args.adapt_steps)
+      report = _sweep(cfg, where, args, args.adapt_shots, seeds=adapt_seeds, adapt_steps=args.adapt_steps)
       rows += [r for r in _rows(report) if r['row'].endswith('+adapt')]
       speed[f'{name} adapted evaluation episodes/s'] = _speed(report)
     timing[f'{name} evaluation'] = time.time() - t
@@ -423,6 +432,19 @@ def run(args) -> None:
             'method_seeds': args.method_seeds}
   _write(args.workdir, 'real_images.json', result)
   print(table(result))
+
+
+def tables(args) -> None:
+  """The Markdown table of one or more `run` results (rows of later files after earlier ones'; a
+  row, target and shot of a later file replaces an earlier one's)."""
+  results = [json.load(open(f)) for f in args.results]
+  cells = {}
+  for r in results:
+    for row in r['rows']:
+      cells[(row['row'], row['dataset'], row['shot'])] = row
+  merged = {**results[0], 'rows': list(cells.values()), 'wall_s': sum(r['wall_s'] for r in results),
+            'command': ' + '.join(f"`{r['command']}`" for r in results).strip('`')}
+  print(table(merged))
 
 
 def table(result: dict) -> str:
@@ -465,11 +487,17 @@ if __name__ == '__main__':
   a.add_argument('--weights', required=True)
   a.add_argument('--workdir', required=True)
   a.add_argument('--rows', type=lambda v: v.split(','),
-                 default=['all_foreground', 'colour_histogram', 'prototype', *METHODS])
+                 default=['all_foreground', 'colour_histogram', 'prototype', 'prototype_choice', *METHODS])
   a.add_argument('--shots', type=lambda v: [int(x) for x in v.split(',')], default=[1, 5])
   a.add_argument('--seeds', type=lambda v: [int(x) for x in v.split(',')], default=[0, 1, 2])
   a.add_argument('--episodes', type=int, default=100)
-  a.add_argument('--adapt_steps', type=int, default=0, help='5-shot rows adapted with this many steps (0: none)')
+  a.add_argument('--adapt_steps', type=int, default=0, help='rows adapted with this many steps (0: none)')
+  a.add_argument('--adapt_shots', type=lambda v: [int(x) for x in v.split(',')], default=[1, 5],
+                 help="the shots of the adapted rows (eval.adapt.loss 'auto': 1-shot copy_paste, 5-shot "
+                      'leave-one-out)')
+  a.add_argument('--adapted_only', action='store_true', help='the trained methods: only their adapted rows')
+  a.add_argument('--reuse_training', action='store_true',
+                 help='a seed whose workdir holds checkpoints is not trained again (its time is not training)')
   a.add_argument('--adapt_methods', type=lambda v: v.split(','), default=['baseline', 'mmt'])
   a.add_argument('--adapt_seed_count', type=int, default=3, help='the first N of --seeds for the adapted rows')
   a.add_argument('--method_seeds', type=json.loads, default={},
@@ -505,6 +533,8 @@ if __name__ == '__main__':
   a.add_argument('--weights', required=True)
   a.add_argument('--workdir', required=True)
   a.add_argument('--episodes', type=int, default=100)
+  a = sub.add_parser('table')
+  a.add_argument('results', nargs='+', help='real_images.json files of `run`')
   args = p.parse_args()
-  {'select': select, 'prepare': prepare, 'blocks': blocks, 'run': run, 'floor': floor,
+  {'table': tables, 'select': select, 'prepare': prepare, 'blocks': blocks, 'run': run, 'floor': floor,
    'adaptation': adaptation, 'choice': choice}[args.cmd](args)
