@@ -11,12 +11,12 @@ style memory is read, never written.
 Losses on an episode with K labelled supports:
   K >= 2, 'leave_one_out': each support is predicted from the other K - 1,
     cross-entropy against its own mask (mean over the K);
-  'augment' (the default for K = 1): each support is predicted from an
-    augmented copy of itself (flip, scale, colour jitter), a fresh draw per
-    step from a key that depends only on the episode (its `episode_seed`);
-  K = 1, 'copy_paste': the support and `copies` copy-paste copies of it
-    (copy_paste.py: its object pasted elsewhere on itself, drawn once per
-    episode from the same key), then leave-one-out over the 1 + copies shots;
+  K = 1, 'copy_paste' (the default for K = 1): the support and `copies`
+    copy-paste copies of it (copy_paste.py: its object pasted elsewhere on
+    itself, drawn once per episode from a key that depends only on the
+    episode, its `episode_seed`), then leave-one-out over the 1 + copies shots;
+  'augment': each support is predicted from an augmented copy of itself
+    (flip, scale, colour jitter), a fresh draw per step from the same key;
   with `use_query`, + query_weight x the mean binary entropy of the
     unlabelled query's prediction (the query's labels are never read).
 """
@@ -53,8 +53,8 @@ class Adaptation:
   steps: optimiser steps per episode (0 in a config: off).
   groups: the method's adapt_groups to tune (config None: the method's adapt_default).
   optimizer, lr: optax 'adam' or 'sgd' and its learning rate.
-  loss: 'auto' (K >= 2: 'leave_one_out', K = 1: 'augment'), 'leave_one_out', 'augment' or
-    'copy_paste' (K = 1).
+  loss: 'auto' (K >= 2: 'leave_one_out', K = 1: 'copy_paste'), 'leave_one_out', 'copy_paste'
+    (K = 1) or 'augment'.
   use_query, query_weight: + query_weight x the entropy of the unlabelled query's prediction.
   flip, scale, jitter: the 'augment' loss's copy of a support (horizontal flip with p = 0.5, a
     log-uniform zoom in [scale[0], scale[1]] about the centre, per-channel gain and offset in
@@ -77,7 +77,7 @@ class Adaptation:
 
   def loss_for(self, shots: int) -> str:
     if self.loss == 'auto':
-      return 'leave_one_out' if shots >= 2 else 'augment'
+      return 'leave_one_out' if shots >= 2 else 'copy_paste'
     return self.loss
 
 

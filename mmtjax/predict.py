@@ -134,7 +134,7 @@ class Predictor:
 
     if self.adaptation is None:
       return logits(variables, batch)
-    # Each query is an episode with the given supports; its augmentations are drawn from seed 0.
+    # Each query is an episode with the given supports; its copies (augmentations) are drawn from seed 0.
     batch['episode_seed'] = jnp.zeros(query_images.shape[:1], jnp.int32)
     return adapt.per_episode(logits, self.method, self.model, variables, batch, mode=self.mode,
                              adaptation=self.adaptation)

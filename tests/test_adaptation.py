@@ -88,7 +88,7 @@ def test_leave_one_out_loss_predicts_each_support_from_the_others():
 def test_one_shot_loss_predicts_the_support_from_its_augmented_copy():
   model, variables = _toy_params()
   ep = _toy_episode(1)
-  identity = adapt.Adaptation(steps=1, groups=('head',), flip=False, scale=(1.0, 1.0), jitter=0.0)
+  identity = adapt.Adaptation(steps=1, groups=('head',), loss='augment', flip=False, scale=(1.0, 1.0), jitter=0.0)
   got = adapt.adaptation_loss(_ToyMethod(), model, variables, ep, jax.random.key(3), mode={}, adaptation=identity)
   x, y = ep['support_images'].astype(np.float64), ep['support_labels']
   np.testing.assert_allclose(float(got), _np_ce(_np_logits(variables['params'], x, y, x[0]), y[0]), rtol=1e-5)
@@ -289,7 +289,7 @@ def test_reports_and_predictions_carry_the_adapted_rows(tfds_dir, trained_workdi
   config.eval.adapt.steps = 2
   report = eval_lib.evaluate(config, trained_workdir, output=str(tmp_path / 'r.json'))
   assert list(report['results']) == ['memory_on', 'memory_off', 'memory_on+adapt', 'memory_off+adapt']
-  assert report['adapt']['steps'] == 2 and report['adapt']['loss'] == 'augment'
+  assert report['adapt']['steps'] == 2 and report['adapt']['loss'] == 'copy_paste'
   assert eval_lib.report_name({**report, 'step': 2}, 'latest').endswith('_1shot_custom_adapt2.json')
   assert '+adapt rows: 2 adam steps' in eval_lib.format_report(report)
   from mmtjax.predict import Predictor
