@@ -87,17 +87,17 @@ def _config():
   named in one warning line."""
   import os
 
-  from mmtjax import checkpointing, eval_lib
+  from mmtjax import checkpointing, sweeps
   from mmtjax.errors import warn
   seeds = _integers(_SEEDS.value, 'seeds')
   workdir = _WORKDIR.value.format(seed=seeds[0]) if '{seed}' in _WORKDIR.value and seeds else _WORKDIR.value
   if _CONFIG.value is None:
     if '{seed}' in _WORKDIR.value and not seeds:
       raise UserError(f'--workdir {_WORKDIR.value} holds {{seed}}: give the training seeds with --seeds, e.g. 0,1,2')
-    return eval_lib.run_config(workdir, best=_BEST.value, step=_STEP.value)
+    return sweeps.run_config(workdir, best=_BEST.value, step=_STEP.value)
   config = _CONFIG.value
   if os.path.isdir(os.path.join(workdir, checkpointing.SUBDIR)):
-    diffs = eval_lib.data_differences(config, eval_lib.run_config(workdir, step=_STEP.value).to_dict())
+    diffs = sweeps.data_differences(config, sweeps.run_config(workdir, step=_STEP.value).to_dict())
     if diffs:
       warn(f'--config differs from the data the run in {workdir} was trained with: {"; ".join(diffs)} '
            f'(python evaluate.py --workdir {_WORKDIR.value} alone uses the run\'s own config)')
@@ -105,7 +105,7 @@ def _config():
 
 
 def _run():
-  from mmtjax.eval_lib import sweep  # Here, not at the top: --help and flag errors answer without JAX.
+  from mmtjax.sweeps import sweep  # Here, not at the top: --help and flag errors answer without JAX.
   if _SUITE.value and _DATASETS.value:
     raise UserError('give --suite or --datasets, not both')
   names = list(reports.SUITES[_SUITE.value]) if _SUITE.value else _DATASETS.value
@@ -124,7 +124,7 @@ def main(argv):
     cli.run(lambda: cli.print_config(_config(), training=False))
     return
   from mmtjax import distributed
-  from mmtjax.eval_lib import format_report, written_files
+  from mmtjax.report_files import format_report, written_files
   cli.compile_cache()
   cli.run(distributed.maybe_initialize, _WORKDIR.value)
   report = cli.run(_run, _WORKDIR.value)

@@ -33,9 +33,9 @@ def main(argv):
     return
   if not _WORKDIR.value:
     cli.fail('--workdir is required (where checkpoints and metrics go)')
-  from mmtjax import distributed, train_lib  # Here: --help and flag errors answer without JAX.
+  from mmtjax import distributed, train_lib, training_log  # Here: --help and flag errors answer without JAX.
   cli.compile_cache()
-  train_lib.raise_on_sigterm()  # SIGTERM outside the training loop: one line, exit 0.
+  training_log.raise_on_sigterm()  # SIGTERM outside the training loop: one line, exit 0.
   cli.run(distributed.maybe_initialize, _WORKDIR.value)
   cli.run(lambda: train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
                                      stop_after_steps=_STOP_AFTER.value), _WORKDIR.value)

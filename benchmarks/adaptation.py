@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, '.')
 from configs import default  # noqa: E402
-from mmtjax import eval_lib, methods, parallel, train_lib  # noqa: E402
+from mmtjax import evaluation, methods, parallel, sweeps, train_lib  # noqa: E402
 from mmtjax.data import datasets  # noqa: E402
 
 MODELS = ('mmt', 'baseline', 'mmnet')
@@ -52,7 +52,7 @@ def _workdir(out: str, model: str, seed: int) -> str:
 
 def _restored(out, model, seed):
   config = _config(model, seed)
-  step, net, host = eval_lib._restore(_workdir(out, model, seed), config, best=False, step=None)
+  step, net, host = sweeps._restore(_workdir(out, model, seed), config, best=False, step=None)
   return net, parallel.replicate(host)
 
 
@@ -64,7 +64,7 @@ def train(a):
 
 def _val_miou(net, variables, config, rows):
   split = datasets.load_split(config.data, config.data.val_split, training=False)
-  report = eval_lib.evaluate_variables(net, variables, config, split, split_name=config.data.val_split,
+  report = evaluation.evaluate_variables(net, variables, config, split, split_name=config.data.val_split,
                                        protocol=train_lib._val_protocol(config), modes=rows)
   return {k: v['miou'] for k, v in report['results'].items()}, report['seconds']
 
@@ -103,7 +103,7 @@ def measure(a):
       if not config.eval.adapt.steps:
         raise SystemExit('error: the config has eval.adapt.steps=0; pass --adapt_steps N')
       label = ''.join(f'_{k}={v}' for k, v in a.extra.items())
-      report = eval_lib.evaluate(config, workdir, output=os.path.join(workdir, f'adapt_target_{shot}shot{label}.json'))
+      report = sweeps.evaluate(config, workdir, output=os.path.join(workdir, f'adapt_target_{shot}shot{label}.json'))
       for row, r in report['results'].items():
         results.setdefault(model, {}).setdefault(row, {}).setdefault(str(shot), []).append(r['miou'])
       print(f'{model} seed {seed} {shot}-shot: ' + ', '.join(
@@ -136,7 +136,7 @@ def speed(a):
     protocol = protocols.test_protocol(datasets.test_data(config.data), config.eval)
     eps = episode_lists.protocol_episodes(split, datasets.test_data(config.data), protocol, config.data.shot)
     eps = eps[:a.speed_episodes]
-    loader = eval_lib._test_loader(split, protocol, config)
+    loader = evaluation.episode_loader(split, protocol, config)
     batch = {k: v[0] for k, v in loader.batch(eps, [(-1, i) for i in range(len(eps))], (1, len(eps))).items()}
     mode = next(iter(method.eval_modes.values()))
     step = jax.jit(lambda v, b: steps_lib.eval_step(v, b, method=method, model=net, mode=mode,

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, '.')
 from configs import default  # noqa: E402
-from mmtjax import eval_lib, train_lib  # noqa: E402
+from mmtjax import sweeps, train_lib  # noqa: E402
 
 
 def _variants(num_items: int):
@@ -63,7 +63,7 @@ def main():
       train_lib.train(config, workdir)
       for shot in shots:
         config.data.shot = shot
-        report = eval_lib.evaluate(config, workdir, output=os.path.join(workdir, f'target_{shot}shot.json'))
+        report = sweeps.evaluate(config, workdir, output=os.path.join(workdir, f'target_{shot}shot.json'))
         for mode, r in report['results'].items():
           results.setdefault(name, {}).setdefault(mode, {}).setdefault(str(shot), []).append(r['miou'])
       print(f'{name} seed {seed}: ' + ', '.join(

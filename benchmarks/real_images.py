@@ -13,6 +13,11 @@ target.
   # 2. the table (rows below), 1-shot and 5-shot, seeds 0-2:
   python benchmarks/real_images.py run --data ~/realdata --weights ../shared/weights/dinov2_vits14_imgfocus.pth \
       --workdir /tmp/real_images
+  # and the 1-shot adapted rows (copy-paste pseudo-shots) and prototype's per-episode block choice,
+  # on the same trained seeds; then one table of both:
+  python benchmarks/real_images.py run ... --workdir /tmp/real_images --rows prototype_choice,baseline,mmt \
+      --adapt_steps 5 --adapt_shots 1 --adapted_only --reuse_training --result one_shot.json
+  python benchmarks/real_images.py table /tmp/real_images/real_images.json /tmp/real_images/one_shot.json
   # choosing the block a method reads, on CamVid's validation split:
   python benchmarks/real_images.py blocks --data ~/realdata --weights PTH --workdir /tmp/real_blocks
 
@@ -128,7 +133,7 @@ def _validation_miou(config, variables=None, episodes: int = 100, classes: str =
   images)."""
   import dataclasses
 
-  from mmtjax import eval_lib, methods, parallel
+  from mmtjax import evaluation, methods, parallel
   from mmtjax.data import datasets, protocols
   from mmtjax.data import episodes as episodes_lib
   from mmtjax.models import get_model
@@ -151,7 +156,7 @@ def _validation_miou(config, variables=None, episodes: int = 100, classes: str =
     with config.unlocked():
       config.eval.adapt.steps = adapt_steps
     kwargs = (kwargs, adapt.from_config(config, method))
-  report = eval_lib.evaluate_variables(model, parallel.replicate(variables), config, split,
+  report = evaluation.evaluate_variables(model, parallel.replicate(variables), config, split,
                                        split_name=config.data.val_split, protocol=protocol, modes={mode: kwargs})
   return report['results'][mode]['miou']
 
@@ -271,13 +276,13 @@ METHODS = {  # method -> its fields, beside TRAIN (select: docs/assumptions.md "
 
 
 def _sweep(config, workdir: str, args, shots, seeds=None, adapt_steps: int = 0) -> dict:
-  from mmtjax import eval_lib
+  from mmtjax import sweeps
   with config.unlocked():
     config.eval.num_episodes = args.episodes
     config.eval.batch_size = 8
     config.eval.adapt.steps = adapt_steps
   manual = {'horses': os.path.join(args.data, 'horses'), 'ph2': os.path.join(args.data, 'ph2')}
-  return eval_lib.sweep(config, workdir, test_datasets=['semantic', 'horses=folder', 'ph2=folder'],
+  return sweeps.sweep(config, workdir, test_datasets=['semantic', 'horses=folder', 'ph2=folder'],
                         shots=list(shots), seeds=seeds, manual_dirs=manual)
 
 
@@ -430,7 +435,7 @@ def run(args) -> None:
             'command': ' '.join(sys.argv),
             'weights': args.weights, 'image_size': IMAGE_SIZE, 'episodes': args.episodes, 'seeds': args.seeds,
             'method_seeds': args.method_seeds}
-  _write(args.workdir, 'real_images.json', result)
+  _write(args.workdir, args.result, result)
   print(table(result))
 
 
@@ -487,15 +492,17 @@ if __name__ == '__main__':
   a.add_argument('--weights', required=True)
   a.add_argument('--workdir', required=True)
   a.add_argument('--rows', type=lambda v: v.split(','),
-                 default=['all_foreground', 'colour_histogram', 'prototype', 'prototype_choice', *METHODS])
+                 default=['all_foreground', 'colour_histogram', 'prototype', *METHODS],
+                 help='rows to run; prototype_choice (per-episode block choice) is one more')
   a.add_argument('--shots', type=lambda v: [int(x) for x in v.split(',')], default=[1, 5])
   a.add_argument('--seeds', type=lambda v: [int(x) for x in v.split(',')], default=[0, 1, 2])
   a.add_argument('--episodes', type=int, default=100)
   a.add_argument('--adapt_steps', type=int, default=0, help='rows adapted with this many steps (0: none)')
-  a.add_argument('--adapt_shots', type=lambda v: [int(x) for x in v.split(',')], default=[1, 5],
+  a.add_argument('--adapt_shots', type=lambda v: [int(x) for x in v.split(',')], default=[5],
                  help="the shots of the adapted rows (eval.adapt.loss 'auto': 1-shot copy_paste, 5-shot "
                       'leave-one-out)')
   a.add_argument('--adapted_only', action='store_true', help='the trained methods: only their adapted rows')
+  a.add_argument('--result', default='real_images.json', help='the JSON file written in --workdir')
   a.add_argument('--reuse_training', action='store_true',
                  help='a seed whose workdir holds checkpoints is not trained again (its time is not training)')
   a.add_argument('--adapt_methods', type=lambda v: v.split(','), default=['baseline', 'mmt'])

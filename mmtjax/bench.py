@@ -40,7 +40,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mmtjax import cli, config_lib, eval_lib, parallel
+from mmtjax import cli, config_lib, evaluation, parallel, report_files
 from mmtjax.data import datasets, pipeline, protocols
 from mmtjax.data.episodes import EpisodeSampler
 from mmtjax.models import get_model
@@ -216,7 +216,7 @@ def _eval(model, rstate, config, episodes: int) -> dict:
   protocol = dataclasses.replace(protocol, num_episodes=episodes + first,
                                  order='random' if protocol.order == 'anchors' else protocol.order)
   split = datasets.load_split(test_data, config.data.test_split, training=False)
-  report = eval_lib.evaluate_variables(model, parallel.eval_variables(rstate), config, split, protocol=protocol)
+  report = evaluation.evaluate_variables(model, parallel.eval_variables(rstate), config, split, protocol=protocol)
   return {'protocol': report['protocol'], 'episodes': report['num_episodes'], 'kshot': report['kshot'],
           'first_batch_s': report['first_batch_s'], 'episodes_per_s': report['episodes_per_s'],
           'host_wait_share': report['host_wait_share'], 'seconds': report['seconds'],
@@ -275,7 +275,7 @@ def main(argv):
   print(format_table(result, command))
   text = json.dumps(result, indent=2)
   if _JSON.value:
-    path = cli.run(lambda: eval_lib.write_text(os.path.expanduser(_JSON.value), text + '\n'))
+    path = cli.run(lambda: report_files.write_text(os.path.expanduser(_JSON.value), text + '\n'))
     print(f'json: {path}')
   else:
     print('(--json PATH writes every field, the config included)')

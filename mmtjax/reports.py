@@ -1,7 +1,7 @@
 """Sweep summaries: mean ± std over seeds, a terminal table and a Markdown table laid out as the papers.
 
 A sweep evaluates one method on several datasets, shot counts and seeds
-(eval_lib.sweep). Its runs are per-(dataset, shot, seed) reports; here they
+(sweeps.sweep). Its runs are per-(dataset, shot, seed) reports; here they
 become one row per (eval mode, shot count) and dataset, with the mean and
 the standard deviation over seeds, and tables whose rows are the method and
 its setting and whose columns are the datasets and their mean, each split

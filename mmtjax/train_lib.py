@@ -6,42 +6,38 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
-import signal
 import tempfile
-import threading
-import time
 from typing import Any, NamedTuple
 
 import jax
 import ml_collections
-import numpy as np
-from jax.experimental import multihost_utils
 
 from mmtjax import (
   checkpointing,
   config_lib,
-  eval_lib,
+  evaluation,
   feature_cache,
   methods,
   parallel,
-  progress,
+  pictures,
+  report_files,
   reports,
-  tensorboard_events,
+  sweeps,
 )
 from mmtjax.data import datasets, pipeline, protocols
 from mmtjax.data.episodes import EpisodeSampler
 from mmtjax.errors import DivergedError, Terminated, UserError, warn
 from mmtjax.models import backbones, get_model
 from mmtjax.state import (
-    backbone_frozen,
-    create_train_state,
-    learning_rate_schedule,
-    trainable_labels,
-    warmup_steps,
-    with_pretrained,
+  backbone_frozen,
+  create_train_state,
+  learning_rate_schedule,
+  trainable_labels,
+  warmup_steps,
+  with_pretrained,
 )
+from mmtjax.training_log import StopSignal, TrainingLog, between_logs, first_nonfinite, say
 
 
 def check_workdir(workdir: str) -> None:
@@ -65,142 +61,6 @@ def prepare_workdir(workdir: str) -> None:
       pass
   except OSError as e:
     raise UserError(f'workdir {workdir} is not writable: {e.strerror}') from None
-
-
-def say(message: str) -> None:
-  """Console output from process 0 only."""
-  if jax.process_index() == 0:
-    print(message, flush=True)
-
-
-class _Log:
-  """Progress lines with ETA on the console, one JSON object per line in metrics.jsonl, and the
-  same scalars (plus prediction panels) as TensorBoard events in <workdir>/tensorboard/."""
-
-  def __init__(self, workdir: str, total: int, start: int, resumed: bool = False):
-    self.path = os.path.join(workdir, 'metrics.jsonl')
-    self.total, self.start = total, start
-    self.t0 = self.t_last = time.time()
-    self.last_step = start
-    self.t_first, self.step_first = None, start
-    # A resumed run marks its start, so TensorBoard drops what was logged past the checkpoint.
-    self.events = (tensorboard_events.Writer(os.path.join(workdir, tensorboard_events.SUBDIR),
-                                             start if resumed else 0)
-                   if jax.process_index() == 0 else None)
-
-  def write(self, record: dict) -> None:
-    if jax.process_index() == 0:
-      with open(self.path, 'a') as f:
-        f.write(json.dumps(record) + '\n')
-
-  def scalars(self, step: int, values: dict) -> None:
-    if self.events:
-      self.events.scalars(step, values)
-      self.events.flush()
-
-  def panels(self, step: int, prefix: str, panels: list) -> None:
-    if self.events:
-      for tag, image in panels:
-        self.events.image(step, f'{prefix}/{tag}', image)
-      self.events.flush()
-
-  def close(self) -> None:
-    if self.events:
-      self.events.close()
-
-  def train(self, step: int, stats: dict, episodes_per_step: int) -> None:
-    now = time.time()
-    rate = (step - self.last_step) * episodes_per_step / max(now - self.t_last, 1e-9)
-    # The ETA counts from the first progress line on when there is one, so the compile (and,
-    # after a resume, the restore) before it does not stretch the estimate; the steps left
-    # are counted from where this process started.
-    if self.t_first is None:
-      self.t_first, self.step_first = now, step
-      eta = (now - self.t0) / max(step - self.start, 1) * (self.total - step)
-    else:
-      eta = (now - self.t_first) / max(step - self.step_first, 1) * (self.total - step)
-    self.t_last, self.last_step = now, step
-    terms = ' '.join(f'{k[5:]} {v:.4f}' for k, v in stats.items() if k.startswith('loss_'))
-    bar_len = 20
-    filled = int(bar_len * step / self.total)
-    memory = ''
-    if 'memory_diversity' in stats:  # Any model that reports a style memory's state.
-      memory = (f' | memory div {stats["memory_diversity"]:.3f} items '
-                f'{stats.get("memory_items_source", 0):.0f}/{stats.get("memory_items_nearest", 0):.0f}')
-    say(f'[{"#" * filled}{"." * (bar_len - filled)}] step {step}/{self.total} | '
-        f'loss {stats["loss"]:.4f} ({terms}) | lr {stats["lr"]:.2e}{memory} | '
-        f'{rate:.1f} episodes/s | ETA {progress.duration(eta)}')
-    self.write({'step': step, 'time': now, 'episodes_per_s': rate, **stats})
-    self.scalars(step, {f'train/{k}': v for k, v in {'episodes_per_s': rate, **stats}.items() if k != 'finite'})
-
-
-def _first_nonfinite(pending: list[tuple[int, dict]]) -> tuple[int, str, float] | None:
-  """(step, term, value) of the first non-finite step among the unchecked steps, or None.
-
-  Only the per-step 'finite' flags travel to the host, plus the bad step's metrics.
-  """
-  flags = parallel.unreplicate([stats['finite'] for _, stats in pending])
-  for (done, stats), finite in zip(pending, flags):
-    if finite < 1:
-      host = parallel.host_scalars(stats)
-      terms = sorted(k for k in host if k.startswith('loss_')) + ['loss', 'grad_norm', 'param_norm']
-      name = next((k for k in terms if not math.isfinite(host[k])), 'the model state')
-      return done, name, host.get(name, float('nan'))
-  return None
-
-
-def raise_on_sigterm() -> None:
-  """SIGTERM raises errors.Terminated (main thread only): used outside the training loop,
-  where there is nothing to save (setup) or the state is already saved (final evaluation)."""
-  if threading.current_thread() is threading.main_thread():
-    def handler(signum, frame):
-      del signum, frame
-      raise Terminated('received SIGTERM before the first training step; nothing new was saved; '
-                       'rerun the same command to continue')
-    signal.signal(signal.SIGTERM, handler)
-
-
-class StopSignal:
-  """Turns SIGTERM (preemption) into a flag the training loop polls.
-
-  In a multi-process run the processes agree on the flag every
-  `sync_every` steps (one tiny all-gather), so they stop at the same step.
-  """
-
-  def __init__(self, sync_every: int = 10):
-    self.received: int | None = None
-    self.sync_every = sync_every
-    self._previous = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-  def _handle(self, signum, frame):
-    del frame
-    self.received = signum
-
-  def should_stop(self, step: int) -> bool:
-    if jax.process_count() == 1:
-      return self.received is not None
-    if step % self.sync_every:
-      return False
-    flags = multihost_utils.process_allgather(np.int32(self.received is not None))
-    return bool(np.any(flags))
-
-
-def between_logs():
-  """The part of every training step that must not wait for the device: dispatch the step,
-  keep its metrics for later. On GPUs and TPUs a device-to-host transfer in it raises
-  (jax.transfer_guard); the host reads the metrics at logging, checkpoint and validation steps
-  only. (A CPU's arrays are host memory, unguarded: tests/conftest.py's trained_run checks the
-  loop on CPU by holding a step's metrics on the device until the next step is dispatched.)"""
-  return jax.transfer_guard_device_to_host('disallow_explicit')
 
 
 def smoke_episodes(config) -> int | None:
@@ -227,19 +87,19 @@ def _val_protocol(config) -> protocols.Protocol:
 def _validate(model, rstate, config, val_split, devices, step_cache: dict) -> float:
   """mIoU on the validation episodes (the model's first eval mode), for the best checkpoint."""
   mode, kwargs = next(iter(methods.for_config(config).eval_modes.items()))
-  report = eval_lib.evaluate_variables(
+  report = evaluation.evaluate_variables(
       model, parallel.eval_variables(rstate), config, val_split, split_name=config.data.val_split,
       protocol=_val_protocol(config), modes={mode: kwargs}, devices=devices, step_cache=step_cache)
   return report['results'][mode]['miou']
 
 
-def _log_panels(log: _Log, step: int, prefix: str, model, rstate, config, split, protocol,
+def _log_panels(log: TrainingLog, step: int, prefix: str, model, rstate, config, split, protocol,
                 step_cache: dict) -> None:
   """train.log_panels prediction panels of the split's first episodes, as TensorBoard images."""
   count = config.train.get('log_panels', 0)
   if count and jax.process_index() == 0:
     host = parallel.unreplicate(parallel.eval_variables(rstate))
-    log.panels(step, prefix, eval_lib.prediction_panels(model, host, config, split, protocol, count,
+    log.panels(step, prefix, pictures.prediction_panels(model, host, config, split, protocol, count,
                                                         step_cache=step_cache))
 
 
@@ -375,7 +235,7 @@ def _train(config, workdir, train_split, val_split, *, devices, stop_after_steps
   loader = pipeline.EpisodeLoader(train_split.source, image_size=config.data.image_size,
                                   augment=config.data.augment, seed=config.seed,
                                   num_workers=config.data.num_workers)
-  log = _Log(workdir, t.num_steps, start, resumed=latest is not None)
+  log = TrainingLog(workdir, t.num_steps, start, resumed=latest is not None)
   local = n_dev * per_device
   end = t.num_steps if stop_after_steps is None else min(t.num_steps, start + stop_after_steps)
   batches = pipeline.train_batches(loader, sampler, start_step=start, num_steps=end,
@@ -408,7 +268,7 @@ def _train(config, workdir, train_split, val_split, *, devices, stop_after_steps
       is_eval = best_ckpts is not None and (done % t.eval_every == 0 or done == t.num_steps)
       if not (is_ckpt or is_log or is_eval):
         continue
-      bad = _first_nonfinite(pending)  # Every step since the last check.
+      bad = first_nonfinite(pending)  # Every step since the last check.
       if bad:
         last = ckpts.latest_step()
         kept = (f'the last checkpoint, step {last}, is kept as it was' if last is not None
@@ -471,22 +331,22 @@ def _final_evaluation(model, rstate, config, workdir: str, num_steps: int, devic
       f'{", ".join(test_split.class_name(c) for c in test_split.classes)})')
   protocol = protocols.test_protocol(test_data, config.eval)
   protocol = dataclasses.replace(protocol, num_episodes=_capped(protocol.num_episodes, smoke_episodes(config)))
-  report = eval_lib.evaluate_variables(model, parallel.eval_variables(rstate), config, test_split,
+  report = evaluation.evaluate_variables(model, parallel.eval_variables(rstate), config, test_split,
                                        protocol=protocol, devices=devices)
   report.update(step=num_steps, checkpoint=checkpointing.SUBDIR, episode_seed=report['seed'])
-  say(eval_lib.format_report(report))
+  say(report_files.format_report(report))
   if jax.process_index() == 0:  # the files evaluate.py writes for the same checkpoint
     method = config.model.name
     caption = (f"{reports.METHOD_NAMES.get(method, method)}, latest checkpoint, step {num_steps} (train.py's "
                f"final test); test-episode seed {report['seed']}; k-shot: {config.eval.get('kshot', 'model')}; "
                f"protocol: {report['dataset']} {report['protocol']}.")
-    files = eval_lib.report_files(None, workdir, eval_lib.evaluation_name(report, 'latest'))
-    eval_lib.publish(report, [report], files, config=config, targets={report['dataset']: config},
+    files = report_files.report_files(None, workdir, report_files.evaluation_name(report, 'latest'))
+    sweeps.publish(report, [report], files, config=config, targets={report['dataset']: config},
                      splits={report['dataset']: test_split}, model=model,
                      host=parallel.unreplicate(parallel.eval_variables(rstate)), caption=caption)
     say(f'wrote {files.folder}/: ' + ', '.join(os.path.relpath(p, files.folder)
-                                             for p in eval_lib.written_files(report)))
-  log = _Log(workdir, num_steps, num_steps)
+                                             for p in report_files.written_files(report)))
+  log = TrainingLog(workdir, num_steps, num_steps)
   log.write({'step': num_steps, 'eval': {m: {k: r[k] for k in ('miou', 'fb_iou')}
                                          for m, r in report['results'].items()}})
   log.scalars(num_steps, {f'test/{m}/{k}': r[k] for m, r in report['results'].items() for k in ('miou', 'fb_iou')})

@@ -242,7 +242,7 @@ def _write(path, array):
 def test_evaluation_scores_the_anchor_list_and_reports_its_hash(tmp_path, tfds_dir):
   import jax
 
-  from mmtjax import eval_lib, parallel
+  from mmtjax import evaluation, parallel
   from mmtjax.models import get_model
   from mmtjax.state import create_train_state
   from tests.conftest import tiny_config
@@ -262,7 +262,7 @@ def test_evaluation_scores_the_anchor_list_and_reports_its_hash(tmp_path, tfds_d
   model = get_model(config, axis_name=parallel.AXIS)
   state, _ = create_train_state(model, config)
   short = protocols.Protocol('hsnet', 6, 0, 32, 'square', order='anchors')
-  report = eval_lib.evaluate_variables(model, parallel.replicate(parallel.eval_variables(jax.device_get(state))),
+  report = evaluation.evaluate_variables(model, parallel.replicate(parallel.eval_variables(jax.device_get(state))),
                                        config, split, protocol=short)
   expected = episodes.episode_lines(episodes.anchor_episodes(split, test_data, 1, 6), split)
   assert report['dataset'] == 'isic2018' and report['num_episodes'] == 6

@@ -570,7 +570,7 @@ def test_choosing_a_dataset_picks_its_splits_and_protocol():
 def test_pfenet_protocol_scores_pascal_at_the_original_resolution(pascal, tfds_dir):
   import jax
 
-  from mmtjax import eval_lib, parallel
+  from mmtjax import evaluation, parallel
   from mmtjax.data import protocols
   from mmtjax.models import get_model
   from mmtjax.state import create_train_state
@@ -582,7 +582,7 @@ def test_pfenet_protocol_scores_pascal_at_the_original_resolution(pascal, tfds_d
   model = get_model(config, axis_name=parallel.AXIS)
   state, _ = create_train_state(model, config)
   short = protocols.Protocol('pfenet', 6, 321, 40, 'longer_side_pad', original_resolution=True)
-  report = eval_lib.evaluate_variables(model, parallel.replicate(parallel.eval_variables(jax.device_get(state))),
+  report = evaluation.evaluate_variables(model, parallel.replicate(parallel.eval_variables(jax.device_get(state))),
                                        config, split, protocol=short)
   result = report['results']['mmnet']
   assert report['protocol'] == 'pfenet' and result['episodes'] == 6
@@ -592,7 +592,7 @@ def test_pfenet_protocol_scores_pascal_at_the_original_resolution(pascal, tfds_d
 
 def test_own_data_trains_two_steps_and_evaluates(tfds_dir, tmp_path):
   """README "Use your own data": train on two class folders, test on a third (split folders)."""
-  from mmtjax import eval_lib, train_lib
+  from mmtjax import sweeps, train_lib
   from tests.conftest import tiny_config
   _folder_tree(tmp_path / 'mine' / 'train', classes=('cat', 'dog'), n=5)
   _folder_tree(tmp_path / 'mine' / 'test', classes=('fox',), n=5)
@@ -605,7 +605,7 @@ def test_own_data_trains_two_steps_and_evaluates(tfds_dir, tmp_path):
   assert report['dataset'] == 'folder' and report['split'] == 'test' and report['num_episodes'] == 4
   assert len(report['episodes_sha256']) == 64
   assert os.path.exists(os.path.join(workdir, 'reports', 'latest_step2_folder-test_1shot_custom', 'report.json'))
-  report = eval_lib.evaluate(config, workdir)
+  report = sweeps.evaluate(config, workdir)
   assert all(np.isfinite(r['miou']) for r in report['results'].values())
 
 

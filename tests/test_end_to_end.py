@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mmtjax import checkpointing, eval_lib, train_lib
+from mmtjax import checkpointing, sweeps, train_lib
 from tests.conftest import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +37,7 @@ def test_train_resume_evaluate(tfds_dir, tmp_path, capsys):
   assert checkpointing.Checkpoints(workdir).latest_step() == 6
   assert set(report['results']) == {'memory_on', 'memory_off'}
 
-  report = eval_lib.evaluate(config, workdir)
+  report = sweeps.evaluate(config, workdir)
   for r in report['results'].values():
     assert math.isfinite(r['miou']) and math.isfinite(r['fb_iou'])
   # The training run's own report folder is kept; this evaluation has its own beside it.

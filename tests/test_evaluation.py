@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmtjax import eval_lib, metrics, reports, tensorboard_events
+from mmtjax import metrics, report_files, reports, sweeps, tensorboard_events
 from mmtjax.data import datasets, episodes, protocols
 from mmtjax.errors import UserError
 from tests.conftest import tiny_config
@@ -102,13 +102,13 @@ def test_sweep_reports_every_dataset_shot_and_seed(tfds_dir, trained_workdir):
   kept = os.path.join(name, 'report.json')
   with open(kept, 'w') as f:
     f.write('an earlier report')
-  report = eval_lib.sweep(config, trained_workdir, test_datasets=['mmtjax_shapes', 'deepglobe'], shots=[1, 2],
+  report = sweeps.sweep(config, trained_workdir, test_datasets=['mmtjax_shapes', 'deepglobe'], shots=[1, 2],
                           seeds=[0, 1], save_predictions=1)
   with open(kept) as f:
     assert f.read() == 'an earlier report'  # never replaced: the new evaluation's folder is <name>.1
   assert report['folder'] == name + '.1' and report['report_path'] == os.path.join(name + '.1', 'report.json')
-  assert eval_lib.written_files(report)[:2] == [report['report_path'], os.path.join(name + '.1', 'report.md')]
-  assert all(p.startswith(name + '.1' + os.sep) for p in eval_lib.written_files(report))
+  assert report_files.written_files(report)[:2] == [report['report_path'], os.path.join(name + '.1', 'report.md')]
+  assert all(p.startswith(name + '.1' + os.sep) for p in report_files.written_files(report))
   assert [s['dataset'] for s in report['skipped']] == ['deepglobe']
   assert 'not built' in report['skipped'][0]['reason'] and '--manual_dir deepglobe=PATH' in report['skipped'][0]['reason']
   with open(report['report_path']) as f:
@@ -148,7 +148,7 @@ def test_hsnet_vote_is_selected_by_the_config_and_recorded(tfds_dir, trained_wor
   config = tiny_config(tfds_dir)
   config.eval.kshot = 'vote'
   config.eval.num_episodes = 4
-  report = eval_lib.sweep(config, trained_workdir, shots=[2], output=os.path.join(trained_workdir, 'vote.json'))
+  report = sweeps.sweep(config, trained_workdir, shots=[2], output=os.path.join(trained_workdir, 'vote.json'))
   assert report['kshot'] == 'vote' and report['shot'] == 2
   with open(report['markdown_path']) as f:
     assert 'memory_on, vote' in f.read()
@@ -268,7 +268,7 @@ def test_several_own_folders_in_one_sweep(tfds_dir, trained_workdir, tmp_path, c
         Image.fromarray(mask).save(folder / f'{i}_mask.png')
   config = tiny_config(tfds_dir)
   config.eval.num_episodes = 4
-  report = eval_lib.sweep(config, trained_workdir, test_datasets=['horse=folder', 'ph2=folder'], shots=[1, 3],
+  report = sweeps.sweep(config, trained_workdir, test_datasets=['horse=folder', 'ph2=folder'], shots=[1, 3],
                           manual_dirs={'horse': str(tmp_path / 'horse'), 'ph2': str(tmp_path / 'ph2')},
                           output=str(tmp_path / 'two.json'))
   # ph2's 3 images cannot serve a 3-shot episode: that cell is left out with one line, the rest runs.
@@ -282,7 +282,7 @@ def test_several_own_folders_in_one_sweep(tfds_dir, trained_workdir, tmp_path, c
   ph2 = next(r for r in report['runs'] if r['dataset'] == 'ph2')
   assert set(next(iter(ph2['results'].values()))['per_class_by_name']) == {'lesion'}
   with pytest.raises(UserError, match="test dataset 'folder' is named twice; label each one"):
-    eval_lib.sweep(config, trained_workdir, test_datasets=['folder', 'folder'])
+    sweeps.sweep(config, trained_workdir, test_datasets=['folder', 'folder'])
 
 
 def test_evaluate_with_the_workdir_alone_uses_the_runs_own_config(tfds_dir, trained_workdir, tmp_path):
@@ -295,10 +295,10 @@ def test_evaluate_with_the_workdir_alone_uses_the_runs_own_config(tfds_dir, trai
   assert not [ln for ln in own.stderr.splitlines() if ln.startswith('warning: --config differs')]
   # A --config that leaves out the run's min_pixels: that field is named (evaluate.py warns with it).
   from configs import default
-  from mmtjax import eval_lib
+  from mmtjax import sweeps
   given = default.get_config()
   given.data.update(data_dir=tfds_dir, builder_config='tiny', image_size=32)
-  diffs = eval_lib.data_differences(given, eval_lib.run_config(trained_workdir).to_dict())
+  diffs = sweeps.data_differences(given, sweeps.run_config(trained_workdir).to_dict())
   assert diffs == ['data.min_pixels: 4 in the run, 48 here'], diffs
   with open(tmp_path / 'own.json') as f:
     report = json.load(f)

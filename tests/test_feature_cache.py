@@ -119,10 +119,9 @@ def test_the_cache_applies_only_where_the_backbone_cannot_change(name, model, tr
   assert methods.get(name).feature_stop(_config(name, **model), training=training) == stop
 
 
-@pytest.mark.parametrize('shots,loss', [(2, 'leave_one_out'), (1, 'copy_paste')])
-def test_adaptation_reads_the_cache_where_its_pseudo_episodes_reuse_the_images(shots, loss):
+def test_adaptation_reads_the_cache_where_its_pseudo_episodes_reuse_the_images(shots=1, loss='copy_paste'):
   """Leave-one-out pseudo-episodes (and the query entropy term) rearrange the cached features;
-  copy-paste copies get theirs computed once and appended; the adapted predictions are the
+  1-shot copy-paste copies get theirs computed once and appended before the leave-one-out; the adapted predictions are the
   uncached ones. (Augmented copies are new images: the backbone runs on them, and only the final
   forward reads the cache.)"""
   from mmtjax import adapt

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import pytest
 
-from mmtjax import checkpointing, cli, eval_lib, losses, methods, train_lib
+from mmtjax import checkpointing, cli, losses, methods, sweeps, train_lib
 from mmtjax.models import backbones, heads
 from tests.conftest import tiny_config
 
@@ -56,7 +56,7 @@ def test_a_new_method_trains_resumes_and_evaluates_without_library_changes(tfds_
   train_lib.train(config, workdir, stop_after_steps=1)
   result = train_lib.train(config, workdir)  # Resumes from step 1.
   assert result.step == 2 and checkpointing.Checkpoints(workdir).all_steps() == [1, 2]
-  report = eval_lib.evaluate(config, workdir)
+  report = sweeps.evaluate(config, workdir)
   assert set(report['results']) == {'sharp', 'soft'}
   import math
   assert all(math.isfinite(r['miou']) for r in report['results'].values())

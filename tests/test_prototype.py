@@ -303,8 +303,8 @@ def test_one_shot_stage_choice_scores_on_copies_and_does_not_depend_on_the_batch
   batch = {'support_images': rng.normal(size=(b, 1, s, s, 3)).astype(np.float32), 'support_labels': labels,
            'query_images': rng.normal(size=(b, s, s, 3)).astype(np.float32),
            'query_labels': labels[:, 0], 'episode_seed': np.array([5, 6, 7, 8], np.int32)}
-  out = method.apply(model, variables, batch, train=False)
-  assert out['stage_scores'].shape == (b, 3)
+  scores = jax.jit(lambda x: method.apply(model, variables, x, train=False)['stage_scores'])
+  assert scores(batch).shape == (b, 3)
   step = jax.jit(lambda v, x: steps.eval_step(v, x, method=method, model=model, mode={}, output='logits')[0])
   together = np.asarray(step(variables, batch))
   order = np.array([2, 0, 3, 1])
@@ -319,5 +319,5 @@ def test_one_shot_stage_choice_scores_on_copies_and_does_not_depend_on_the_batch
   sharded, _ = pmapped(parallel.replicate(variables, devices), {k: v.reshape(2, 2, *v.shape[1:]) for k, v in batch.items()})
   np.testing.assert_allclose(np.asarray(sharded).reshape(together.shape), together, atol=1e-5)
   # Another seed draws other copies: the scores (not necessarily the choice) change.
-  other = method.apply(model, variables, {**batch, 'episode_seed': batch['episode_seed'] + 100}, train=False)
-  assert not np.allclose(np.asarray(other['stage_scores']), np.asarray(out['stage_scores']))
+  other = scores({**batch, 'episode_seed': batch['episode_seed'] + 100})
+  assert not np.allclose(np.asarray(other), np.asarray(scores(batch)))

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from mmtjax import checkpointing, cli, config_lib, eval_lib, parallel, train_lib
+from mmtjax import checkpointing, cli, config_lib, parallel, report_files, sweeps, train_lib
 from mmtjax.errors import UserError
 from mmtjax.models import get_model
 from mmtjax.state import create_train_state, learning_rate_schedule, trainable_labels
@@ -64,7 +64,7 @@ def test_data_dir_that_is_a_file_and_output_that_is_a_directory(tmp_path):
                 f'--config.data.data_dir={blocker}')
   assert 'is a file, not a directory' in _one_error_line(result)
   with pytest.raises(UserError, match='is a directory'):
-    eval_lib.write_report({}, str(tmp_path))
+    report_files.write_report({}, str(tmp_path))
   assert os.listdir(tmp_path) == ['file']  # No stray <output>.tmp.
 
 
@@ -116,10 +116,10 @@ def test_config_validation_names_the_field(field, value):
 
 def test_report_names_hold_what_distinguishes_them(tmp_path):
   report = {'step': 7, 'split': 'target_test', 'shot': 5, 'protocol': 'hsnet'}
-  assert eval_lib.report_name(report, 'best') == 'eval_best_step7_target_test_5shot_hsnet.json'
+  assert report_files.report_name(report, 'best') == 'eval_best_step7_target_test_5shot_hsnet.json'
   path = str(tmp_path / 'r.json')
-  first = eval_lib.write_report({'a': 1}, path)
-  second = eval_lib.write_report({'a': 2}, path)
+  first = report_files.write_report({'a': 1}, path)
+  second = report_files.write_report({'a': 2}, path)
   assert (first, second) == (path, str(tmp_path / 'r.1.json'))
   with open(path) as f:
     assert json.load(f) == {'a': 1}
@@ -212,7 +212,7 @@ def test_evaluation_follows_a_checkpoint_rotated_away_while_reading(tfds_dir, tm
 
   monkeypatch.setattr(checkpointing.Checkpoints, 'restore', restore)
   template = state_like(config)
-  step, _ = eval_lib._restore_for_eval(workdir, checkpointing.SUBDIR, None, config, template)
+  step, _ = sweeps._restore_for_eval(workdir, checkpointing.SUBDIR, None, config, template)
   assert calls == [4, 6] and step == 6
 
 

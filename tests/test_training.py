@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmtjax import checkpointing, eval_lib, parallel, tensorboard_events, train_lib
+from mmtjax import checkpointing, parallel, sweeps, tensorboard_events, train_lib
 from mmtjax.errors import DivergedError
 from mmtjax.models import get_model
 from mmtjax.state import create_train_state, learning_rate_schedule, trainable_labels
@@ -166,7 +166,7 @@ def test_best_checkpoint_keeps_the_highest_validation_miou(tfds_dir, tmp_path):
   best = checkpointing.Checkpoints(workdir, subdir=checkpointing.BEST_SUBDIR, best_metric='miou')
   best_step = max(val, key=lambda s: (val[s], -s))
   assert best.all_steps() == [best_step]
-  report = eval_lib.evaluate(config, workdir, best=True)
+  report = sweeps.evaluate(config, workdir, best=True)
   assert report['step'] == best_step and report['checkpoint'] == checkpointing.BEST_SUBDIR
   assert report['report_path'] == os.path.join(
       workdir, 'reports', f'best_step{best_step}_target_test_1shot_custom', 'report.json')
@@ -244,7 +244,7 @@ _WORKER = textwrap.dedent('''
     result = train_lib.train(config, sys.argv[2])
     flat = jax.tree_util.tree_leaves_with_path(parallel.unreplicate(result.state))
     np.savez(sys.argv[3], **{jax.tree_util.keystr(k): v for k, v in flat})
-    report = train_lib.eval_lib.evaluate_variables(
+    report = train_lib.evaluation.evaluate_variables(
         result.model, parallel.eval_variables(result.state), config,
         train_lib.datasets.load_split(config.data, config.data.test_split, training=False))
     print('report', json.dumps(report['results'], sort_keys=True), flush=True)
@@ -282,7 +282,7 @@ def test_two_processes_train_identical_parameters(tmp_path):
   assert reports[0] == reports[1]
   config = tiny_config(tfds_dir)
   config.eval.num_episodes = 12
-  single = eval_lib.evaluate(config, workdir)['results']
+  single = sweeps.evaluate(config, workdir)['results']
   for mode, r in single.items():
     assert reports[0][mode]['episodes'] == r['episodes'] == 12
     assert reports[0][mode]['miou'] == pytest.approx(r['miou'], abs=1e-9)

@@ -94,7 +94,7 @@ def test_every_method_trains_and_evaluates_on_a_frozen_vit_from_a_meta_file(tfds
                                                                            backbone):
   import math
 
-  from mmtjax import checkpointing, eval_lib, methods, train_lib
+  from mmtjax import checkpointing, methods, sweeps, train_lib
   from mmtjax.models import get_model
   from mmtjax.state import create_train_state
   from tests.conftest import tiny_config
@@ -116,7 +116,7 @@ def test_every_method_trains_and_evaluates_on_a_frozen_vit_from_a_meta_file(tfds
   np.testing.assert_array_equal(_leaf(encoder, 'patch_embed/proj/kernel'),
                                 np.transpose(state_dict['patch_embed.proj.weight'], (2, 3, 1, 0)))
   assert 'encoder' not in saved['model_state'].get('batch_stats', {})  # no BatchNorm in a ViT
-  report = eval_lib.evaluate(config, workdir)
+  report = sweeps.evaluate(config, workdir)
   assert set(report['results']) == set(methods.get(method).eval_modes)
   assert all(math.isfinite(r['miou']) for r in report['results'].values())
   if method == 'mmt':  # The memory learnt source styles of the ViT's tokens.
