@@ -292,22 +292,22 @@ def test_one_shot_stage_choice_scores_on_copies_and_does_not_depend_on_the_batch
   seed), so an episode's prediction is the same alone, in a batch, reordered, on two devices."""
   from mmtjax import parallel, steps
   config = _config(tfds_dir, 'prototype', vit_blocks=(1, 2, 3, 4),
-                   feature_stages=('layer2', 'layer3', 'layer4'), choose_stages=1)
+                   feature_stages=('layer3', 'layer4'), choose_stages=1)
   method = methods.for_config(config)
   model = method.build(config)
   variables = untrained_variables(model, config)
   rng = np.random.default_rng(2)
-  b, s = 4, 42
+  b, s = 2, 42
   labels = np.zeros((b, 1, s, s), np.int32)
   labels[:, :, 8:30, 5:25] = 1
   batch = {'support_images': rng.normal(size=(b, 1, s, s, 3)).astype(np.float32), 'support_labels': labels,
            'query_images': rng.normal(size=(b, s, s, 3)).astype(np.float32),
-           'query_labels': labels[:, 0], 'episode_seed': np.array([5, 6, 7, 8], np.int32)}
+           'query_labels': labels[:, 0], 'episode_seed': np.array([5, 6], np.int32)}
   scores = jax.jit(lambda x: method.apply(model, variables, x, train=False)['stage_scores'])
-  assert scores(batch).shape == (b, 3)
+  assert scores(batch).shape == (b, 2)
   step = jax.jit(lambda v, x: steps.eval_step(v, x, method=method, model=model, mode={}, output='logits')[0])
   together = np.asarray(step(variables, batch))
-  order = np.array([2, 0, 3, 1])
+  order = np.array([1, 0])
   # The same copies and the same choice wherever the episode sits (the ViT's sums may round
   # differently in another batch shape: 1e-5 of logits about 10).
   np.testing.assert_allclose(np.asarray(step(variables, {k: v[order] for k, v in batch.items()})), together[order],
@@ -316,7 +316,7 @@ def test_one_shot_stage_choice_scores_on_copies_and_does_not_depend_on_the_batch
                              atol=1e-5)
   devices = jax.local_devices()[:2]
   pmapped = parallel.make_eval_step(method, model, {}, devices, output='logits')
-  sharded, _ = pmapped(parallel.replicate(variables, devices), {k: v.reshape(2, 2, *v.shape[1:]) for k, v in batch.items()})
+  sharded, _ = pmapped(parallel.replicate(variables, devices), {k: v.reshape(2, 1, *v.shape[1:]) for k, v in batch.items()})
   np.testing.assert_allclose(np.asarray(sharded).reshape(together.shape), together, atol=1e-5)
   # Another seed draws other copies: the scores (not necessarily the choice) change.
   other = scores({**batch, 'episode_seed': batch['episode_seed'] + 100})
