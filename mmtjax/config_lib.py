@@ -65,8 +65,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   methods.for_config(config)  # An unknown model name: one line naming the known ones.
   checks += [
       (d.augment in pipeline.AUGMENTS, f'data.augment must be one of {pipeline.AUGMENTS}'),
-      (d.get('protocol') in (None, *protocols.PROTOCOLS),
-       f'data.protocol must be one of {protocols.PROTOCOLS} (or unset: the test dataset\'s own)'),
+      (d.get('protocol') in (None, *protocols.known(d)),
+       f'data.protocol must be one of {protocols.known(d)} (or unset: the test dataset\'s own)'),
   ]
   from mmtjax.models import backbones, vit
   backbone = config.model.get('backbone', '')
@@ -80,9 +80,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                  f'model.pretrained {pretrained} does not exist; give the path of a weights file (DINOv2: '
                  f'github.com/facebookresearch/dinov2, "Pretrained models"; README: Backbones) or of a run'))
   checks += methods.for_config(config).validate(config)
-  from mmtjax.data.builders import semantic
-  semantic.options(d.get('semantic'))  # data.semantic: one line naming an unknown or bad field
-  semantic.options({k: v for k, v in dict(d.get('test_semantic') or {}).items() if v is not None})
+  from mmtjax.data import datasets
+  for name in datasets.names():  # a field only one dataset reads (data.semantic): one line naming it
+    datasets.get(name).check_config(d)
   from mmtjax import adapt
   adapt.from_config(config, methods.for_config(config))  # eval.adapt: one line naming the bad field
   checks += [(finite_number(w) and w >= 0, f'loss.{k} must be a finite number >= 0') for k, w in config.get('loss', {}).items()]

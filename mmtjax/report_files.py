@@ -52,8 +52,9 @@ def evaluation_name(report: dict, kind: str) -> str:
   """A name holding everything that tells two evaluations of one run apart: checkpoint kind,
   step, dataset (when not the embedded one), split, shot count, protocol, HSNet's vote (k > 1)
   and test-time adaptation (its step count) when used; its report folder's name."""
-  dataset = report.get('dataset', 'mmtjax_shapes')
-  where = report['split'] if dataset == 'mmtjax_shapes' else f"{dataset}-{report['split']}"
+  from mmtjax.data import datasets  # the registry imports tfds; the report text alone does not need it
+  dataset = report.get('dataset', datasets.default_name())
+  where = report['split'] if dataset == datasets.default_name() else f"{dataset}-{report['split']}"
   vote = '_vote' if report.get('kshot') == 'vote' and report['shot'] > 1 else ''
   adapted = f"_adapt{report['adapt']['steps']}" if report.get('adapt') else ''
   return f"{kind}_step{report['step']}_{where}_{report['shot']}shot_{report['protocol']}{vote}{adapted}"

@@ -18,10 +18,12 @@ import numpy as np
 # Standard deviation over seeds: the sample one (numpy std with ddof=1); None for one seed.
 STD_DDOF = 1
 METHOD_NAMES = {'mmt': 'MMT', 'mmnet': 'MM-Net', 'baseline': 'Baseline'}
-DATASET_NAMES = {'deepglobe': 'Deepglobe', 'isic2018': 'ISIC2018', 'chest_xray': 'Chest X-ray',
-                 'fss1000': 'FSS-1000', 'pascal5i': 'PASCAL-5i', 'coco20i': 'COCO-20i', 'suim': 'SUIM',
-                 'mmtjax_shapes': 'shapes', 'folder': 'folder'}
-SUITES = {'patnet': ('deepglobe', 'isic2018', 'chest_xray', 'fss1000')}
+
+
+def _dataset_name(name: str) -> str:
+  """A dataset's display name, as the dataset declares it (a label of one's own stays as given)."""
+  from mmtjax.data import datasets  # the registry imports tfds; formatting alone does not need it
+  return datasets.display_name(name)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
@@ -76,7 +78,7 @@ def _grid(summary: Sequence[dict], method: str, metric: str) -> tuple[list[str],
   shots = sorted({r['shot'] for r in summary})
   modes = list(dict.fromkeys(r['mode'] for r in summary))
   by_key = {(r['dataset'], r['shot'], r['mode']): r for r in summary}
-  header = ['Method'] + [f'{DATASET_NAMES.get(d, d) if d != "mean" else "Mean"} {k}-shot'
+  header = ['Method'] + [f'{_dataset_name(d) if d != "mean" else "Mean"} {k}-shot'
                          for d in datasets for k in shots]
   rows = []
   for mode in modes:
@@ -124,7 +126,7 @@ def per_class(runs: Sequence[dict]) -> list[tuple[str, list[str], list[list[str]
       cells = [cell_text(*mean_std([r['results'][mode]['per_class'][c] for r in group
                                     if c in r['results'][mode]['per_class']])) for c in classes]
       rows.append([mode, *cells])
-    title = f'{DATASET_NAMES.get(dataset, dataset)} {shot}-shot: per-class IoU (%), {len(group)} seed(s)'
+    title = f'{_dataset_name(dataset)} {shot}-shot: per-class IoU (%), {len(group)} seed(s)'
     out.append((title, ['mode', *(names.get(c, f'class {c}') for c in classes)], rows))
   return out
 

@@ -101,8 +101,8 @@ def _target_kinds(entries: Sequence[str]) -> dict[str, str]:
   for entry in entries:
     label, sep, kind = entry.partition('=')
     label, kind = (label.strip(), kind.strip()) if sep else (entry.strip(), entry.strip())
-    if kind not in datasets.DATASETS:
-      raise UserError(f'unknown dataset {kind!r}; available: {list(datasets.DATASETS)} (a labelled one: '
+    if kind not in datasets.names():
+      raise UserError(f'unknown dataset {kind!r}; available: {list(datasets.names())} (a labelled one: '
                       f'LABEL=DATASET, e.g. horse=folder)')
     if not label or label in out:
       raise UserError(f'test dataset {label!r} is named twice; label each one: e.g. horse=folder,ph2=folder')

@@ -193,7 +193,7 @@ def test_missing_or_half_extracted_download_names_what_is_missing(tmp_path):
   os.remove(root / 'VOCdevkit' / 'VOC2012' / 'JPEGImages' / f'{ids[30]}.jpg')  # in val.txt, not extracted
   with pytest.raises(raw.RawDataError, match=f'missing .*{ids[30]}.jpg.*half-extracted'):
     datasets.load_split(_data('pascal5i', tmp_path, root), 'val', training=False)
-  assert not construction.new_builder(datasets.RAW_BUILDERS['pascal5i'], data_dir=str(tmp_path / 'tfds')).is_prepared()
+  assert not construction.new_builder(datasets.get('pascal5i'), data_dir=str(tmp_path / 'tfds')).is_prepared()
   # A build that stops leaves nothing half-written in the data dir.
   left = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / 'tfds') for f in fs]
   assert not left, left

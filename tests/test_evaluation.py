@@ -185,7 +185,7 @@ def test_evaluate_cli_names_datasets_not_built_in_one_line(tfds_dir, trained_wor
   assert out.returncode == 2
   lines = out.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error: nothing was evaluated: deepglobe: deepglobe is not built')
-  for name in reports.SUITES['patnet']:
+  for name in datasets.suites()['patnet']:
     assert f'--manual_dir {name}=PATH' in lines[0]
 
 

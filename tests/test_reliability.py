@@ -331,7 +331,7 @@ def test_ask_what_there_is_and_the_config_a_command_would_run(tmp_path, capsys):
     assert f'{section}:\n' in out
   assert all(f'  {m} ' in out for m in methods.names())
   assert all(f'  {b} ' in out for b in backbones.NAMES) and 'dinov2_vits14_pretrain.pth' in out
-  assert all(f'  {d} ' in out for d in datasets.DATASETS) and 'configs/patnet.py:target=' in out
+  assert all(f'  {d} ' in out for d in datasets.names()) and 'configs/patnet.py:target=' in out
   workdir = tmp_path / 'never'
   proc = _cli('train.py', '--config', 'configs/default.py:model=baseline', '--config.data.shot=2',
               '--workdir', str(workdir), '--print_config')

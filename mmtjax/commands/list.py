@@ -58,18 +58,7 @@ def lines(section: str) -> list[str]:
             for name in backbones.NAMES]
   if section == 'datasets':
     from mmtjax.data import datasets
-    out = ['  mmtjax_shapes        embedded: built from code (source and target domains)']
-    for name, builder in datasets.RAW_BUILDERS.items():
-      layouts = ' or '.join('{' + ', '.join(rel) + '}' for rel in builder.LAYOUTS if rel)
-      if name == 'semantic':
-        from mmtjax.data.builders import semantic
-        layouts = ' or '.join('{' + ', '.join(rel) + '}' for rel in semantic.AUTO_LAYOUTS)
-      if name == 'folder':
-        layouts = '{CLASS/x.jpg, CLASS/x_mask.png} or the same under {train, val, test}/'
-      if name == 'fss1000':
-        layouts = '{CLASS/1.jpg, CLASS/1.png} for its 1000 class folders'
-      out.append(f'  {name:<20} {builder.DOWNLOAD_PAGE}; finds {layouts or "-"}')
-    return out
+    return [f'  {name:<20} {datasets.get(name).describe()}' for name in datasets.names()]
   return [f'  {path}:{args}  ({what})' for path, args, what in _CONFIGS]
 
 

@@ -120,6 +120,36 @@ def round_robin_episodes(class_lists: Sequence[tuple[int, Sequence[str]]], num_e
 
 # Reading HSNet's list files -------------------------------------------------------------------
 
+def sorted_round_robin(split, by_class: Mapping[int, Sequence[str]], suffix: str, num_episodes: int,
+                       shot: int, seed: int = 0) -> list[Named]:
+  """PATNet's episodes of a split (a SplitData) whose class lists are `by_class` (class -> ids):
+  round_robin_episodes over classes 1..C, each class's ids sorted as its files are named (id +
+  `suffix`); one line when a class has no image."""
+  missing = [split.class_name(c) for c in range(1, split.num_classes + 1) if not by_class.get(c)]
+  if missing:
+    raise UserError(f'{split.dataset}: no image of class {", ".join(missing)}; PATNet\'s episodes cycle over all '
+                    f'{split.num_classes} classes')
+  return round_robin_episodes([(c, sorted(by_class[c], key=lambda n: n + suffix))
+                               for c in range(1, split.num_classes + 1)], num_episodes, shot, seed)
+
+
+def find_fold_list(data, dataset: str, short: str, fold: int, ext: str) -> str:
+  """HSNet's fold list: data.fold_list, or fold{f}.<ext> in data.manual_dir or its
+  splits/<short>/val or data/splits/<short>/val (HSNet's repository layout)."""
+  if data.get('fold_list'):
+    path = os.path.expanduser(data.fold_list)
+    if not os.path.isfile(path):
+      raise UserError(f'data.fold_list {path} is not a file')
+    return path
+  top = os.path.expanduser(data.get('manual_dir') or '.')
+  for folder in (top, os.path.join(top, 'splits', short, 'val'), os.path.join(top, 'data', 'splits', short, 'val')):
+    if os.path.isfile(os.path.join(folder, f'fold{fold}.{ext}')):
+      return os.path.join(folder, f'fold{fold}.{ext}')
+  raise UserError(f"protocol 'hsnet' on {dataset} replays HSNet's episode list data/splits/{short}/val/"
+                  f'fold{fold}.{ext} (https://github.com/juhongm999/hsnet): pass --config.data.fold_list=PATH '
+                  f'or put it in {top}')
+
+
 def read_pascal_fold_list(path: str) -> list[tuple[str, int]]:
   """HSNet's data/splits/pascal/val/fold{f}.txt: [(image id, class id 1-based)]."""
   out = []

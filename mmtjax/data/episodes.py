@@ -27,7 +27,6 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from mmtjax.data import anchors
 from mmtjax.errors import UserError, warn
 
 # A class counts in an image from this many pixels (configs/default.py's data.min_pixels; the
@@ -165,10 +164,6 @@ class EpisodeSampler:
 
 # The anchors' test episodes (protocol 'hsnet') -------------------------------------------------
 
-# How the anchors sort a class's files: by file name (the image's, or for Chest X-ray the mask's).
-_FILE_SUFFIX = {'fss1000': '.jpg', 'isic2018': '.jpg', 'deepglobe': '.jpg', 'chest_xray': '_mask.png'}
-
-
 def cached_ids(source, cache_dir: str, split: str) -> list[str]:
   """The records' ids (original file names without extension), read once and kept beside the data."""
   path = os.path.join(cache_dir, f'ids-{split}.json')
@@ -183,26 +178,10 @@ def cached_ids(source, cache_dir: str, split: str) -> list[str]:
   return ids
 
 
-def _find_list(data, dataset: str, fold: int, ext: str) -> str:
-  """HSNet's fold list: data.fold_list, or fold{f}.<ext> in manual_dir or its splits/<dataset>/val."""
-  if data.get('fold_list'):
-    path = os.path.expanduser(data.fold_list)
-    if not os.path.isfile(path):
-      raise UserError(f'data.fold_list {path} is not a file')
-    return path
-  short = 'pascal' if dataset == 'pascal5i' else 'coco'
-  top = os.path.expanduser(data.get('manual_dir') or '.')
-  for folder in (top, os.path.join(top, 'splits', short, 'val'), os.path.join(top, 'data', 'splits', short, 'val')):
-    if os.path.isfile(os.path.join(folder, f'fold{fold}.{ext}')):
-      return os.path.join(folder, f'fold{fold}.{ext}')
-  raise UserError(f"protocol 'hsnet' on {dataset} replays HSNet's episode list data/splits/{short}/val/"
-                  f'fold{fold}.{ext} (https://github.com/juhongm999/hsnet): pass --config.data.fold_list=PATH '
-                  f'or put it in {top}')
-
-
 def anchor_episodes(split, data, shot: int, num_episodes: int | None, seed: int = 0) -> list[Episode]:
   """HSNet's / PATNet's test episodes (anchors.py) for `split`, as record indices. `split`:
-  a datasets.SplitData; `data`: the config's data section seen by the test split."""
+  a SplitData (its builder lists them: builder.anchor_episodes); `data`: the config's data section seen
+  by the test split."""
   dataset = split.dataset
   ids = cached_ids(split.source, split.cache_dir, split.name)
   by_class: dict[int, list[str]] = {}
@@ -214,29 +193,7 @@ def anchor_episodes(split, data, shot: int, num_episodes: int | None, seed: int 
       record[(c, ids[i])] = int(i)
   for i, name in enumerate(ids):
     record_of_id.setdefault(name, i)
-  if dataset == 'pascal5i':
-    named = anchors.fold_list_episodes(anchors.read_pascal_fold_list(_find_list(data, dataset, data.fold, 'txt')),
-                                       num_episodes, shot, seed)
-  elif dataset == 'coco20i':
-    lists = anchors.read_coco_fold_list(_find_list(data, dataset, data.fold, 'pkl'))
-    named = anchors.coco_episodes({c: [anchors.coco_id(n) for n in v] for c, v in lists.items()}, data.fold,
-                                  num_episodes, shot, seed)
-  elif dataset == 'fss1000':
-    stems = {c: [n.split('/', 1)[1] for n in by_class[c]] for c in sorted(by_class)}
-    named = [(c, f'{split.class_name(c)}/{q}', tuple(f'{split.class_name(c)}/{s}' for s in sup))
-             for c, q, sup in anchors.fss_episodes(stems, shot, seed)]
-  elif dataset in _FILE_SUFFIX:
-    missing = [split.class_name(c) for c in range(1, split.num_classes + 1) if not by_class.get(c)]
-    if missing:
-      raise UserError(f'{dataset}: no image of class {", ".join(missing)}; PATNet\'s episodes cycle over all '
-                      f'{split.num_classes} classes')
-    suffix = _FILE_SUFFIX[dataset]
-    named = anchors.round_robin_episodes(
-        [(c, sorted(by_class[c], key=lambda n: n + suffix)) for c in range(1, split.num_classes + 1)],
-        num_episodes, shot, seed)
-  else:
-    raise UserError(f"protocol 'hsnet' replays HSNet's and PATNet's episodes, defined for pascal5i, coco20i, "
-                    f"fss1000, deepglobe, isic2018 and chest_xray, not {dataset!r}")
+  named = split.builder.anchor_episodes(split, data, by_class, shot, num_episodes, seed)
   absent = [n for _, q, sup in named for n in (q, *sup) if n not in record_of_id]
   if absent:
     raise UserError(f'{dataset}: the episode list names {len(set(absent))} images absent from the built data '
@@ -247,7 +204,7 @@ def anchor_episodes(split, data, shot: int, num_episodes: int | None, seed: int 
 
 def episode_lines(episodes: Sequence[Episode], split) -> list[dict]:
   """The JSON objects of an episode list, with record ids (or indices when the records have none)."""
-  ids = split.ids() if split.cache_dir and split.dataset != 'mmtjax_shapes' else None
+  ids = split.ids() if split.has_ids else None
   name = (lambda i: ids[i]) if ids else str
   return [{'index': k, 'class': e.class_id, 'class_name': split.class_name(e.class_id), 'query': name(e.query),
            'supports': [name(s) for s in e.supports]} for k, e in enumerate(episodes)]

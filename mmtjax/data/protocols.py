@@ -1,5 +1,9 @@
 """Published test protocols: how many episodes, which seed, which resize, which scoring.
 
+Each dataset declares its own (its builder's PROTOCOLS, built with `hsnet`,
+`uniform` and `pfenet` below, or a protocol of its own); `test_protocol`
+asks the config's test dataset. The published ones:
+
 (a) HSNet / PATNet ('hsnet'): images and masks resized to 400 x 400, seed 0,
     1000 episodes (PASCAL-5i, COCO-20i), 600 (Deepglobe, ISIC2018, Chest
     X-ray), every FSS-1000 test image as the query once (2400): the anchors'
@@ -40,30 +44,47 @@ class Protocol:
 # 'custom' defaults (configs/default.py's eval.num_episodes and eval.seed; the episodes command's too).
 CUSTOM_EPISODES = 300
 CUSTOM_SEED = 0
-_HSNET_EPISODES = {'pascal5i': 1000, 'coco20i': 1000, 'deepglobe': 600, 'isic2018': 600,
-                   'chest_xray': 600, 'suim': 1000}
-_PFENET_EPISODES = {'pascal5i': 5000, 'coco20i': 20000}
 PROTOCOLS = ('hsnet', 'uniform', 'pfenet', 'custom')
-_ANCHORS = ('pascal5i', 'coco20i', 'fss1000', 'deepglobe', 'isic2018', 'chest_xray')
+
+
+# What a dataset declares (its builder's PROTOCOLS): the published protocols with its counts.
+
+def hsnet(num_episodes: int | None, *, anchors: bool = False, order: str = 'random') -> Protocol:
+  """(a): 400 x 400, seed 0; `anchors`: the anchors' own episodes replayed (builder.anchor_episodes),
+  else mmtjax's sampler in `order`."""
+  return Protocol('hsnet', num_episodes, 0, 400, 'square', order='anchors' if anchors else order)
+
+
+def uniform(num_episodes: int | None, *, order: str = 'random') -> Protocol:
+  """(a)'s count, size and seed with mmtjax's sampler."""
+  return Protocol('uniform', num_episodes, 0, 400, 'square', order=order)
+
+
+def pfenet(num_episodes: int) -> Protocol:
+  """(b): longer side 473, padded, seed 321, scored at the original label resolution."""
+  return Protocol('pfenet', num_episodes, 321, 473, 'longer_side_pad', original_resolution=True)
 
 
 def test_protocol(data: ml_collections.ConfigDict, eval_cfg: ml_collections.ConfigDict) -> Protocol:
-  """The protocol of config.data.protocol for config.data.dataset."""
+  """The protocol of config.data.protocol for config.data.dataset: the dataset's own declaration
+  (its builder's PROTOCOLS), or 'custom' from the config."""
+  from mmtjax.data import datasets  # the registry imports the builders, which import this module
   name, dataset = data.get('protocol') or 'custom', data.dataset
   if name == 'custom':
     return Protocol('custom', eval_cfg.num_episodes, eval_cfg.seed, data.image_size, 'square')
-  if name in ('hsnet', 'uniform'):
-    if dataset not in (*_HSNET_EPISODES, 'fss1000'):
-      raise UserError(f'protocol {name!r} is not defined for dataset {dataset!r}')
-    if name == 'hsnet' and dataset in _ANCHORS:
-      return Protocol(name, _HSNET_EPISODES.get(dataset), 0, 400, 'square', order='anchors')
-    if dataset == 'fss1000':
-      return Protocol(name, None, 0, 400, 'square', order='each_query')
-    order = 'round_robin' if dataset == 'suim' else 'random'
-    return Protocol(name, _HSNET_EPISODES[dataset], 0, 400, 'square', order=order)
-  if name == 'pfenet':
-    if dataset not in _PFENET_EPISODES:
-      raise UserError(f"protocol 'pfenet' is defined for {sorted(_PFENET_EPISODES)}, not {dataset!r}")
-    return Protocol(name, _PFENET_EPISODES[dataset], 321, 473, 'longer_side_pad',
-                    original_resolution=True)
-  raise UserError(f'data.protocol must be one of {PROTOCOLS}, got {name!r}')
+  declared = datasets.get(dataset)
+  if name not in known(data):
+    raise UserError(f'data.protocol must be one of {known(data)}, got {name!r}')
+  if name == 'pfenet' and name not in declared.PROTOCOLS:
+    having = sorted(n for n in datasets.names() if name in datasets.get(n).PROTOCOLS)
+    raise UserError(f"protocol 'pfenet' is defined for {having}, not {dataset!r}")
+  return declared.protocol(name)
+
+
+def known(data: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The protocol names a config may give: the published ones, 'custom', and any protocol of its
+  own that its dataset or test dataset declares."""
+  from mmtjax.data import datasets
+  own = [p for n in (data.get('dataset'), data.get('test_dataset')) if n in datasets.names()
+         for p in datasets.get(n).PROTOCOLS]
+  return tuple(dict.fromkeys((*PROTOCOLS, *own)))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import os
 
+from mmtjax.data import protocols
 from mmtjax.data.builders import raw
 
 CLASS_NAMES = ('lungs',)
@@ -36,6 +37,10 @@ class ChestXray(raw.RawBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
   LAYOUTS = (('CXR_png', 'masks'),)
   CLASS_NAMES = CLASS_NAMES
+  DISPLAY_NAME = 'Chest X-ray'
+  PROTOCOLS = {'hsnet': protocols.hsnet(600, anchors=True), 'uniform': protocols.uniform(600)}
+  SUITES = ('patnet',)
+  ANCHOR_SORT_SUFFIX = '_mask.png'  # PATNet sorts a class's files by the mask's name
 
   def items(self, root, split):
     masks = set(os.listdir(os.path.join(root, 'masks')))

@@ -26,6 +26,7 @@ import os
 
 import numpy as np
 
+from mmtjax.data import anchors, protocols
 from mmtjax.data.builders import raw
 from mmtjax.labels import IGNORE_LABEL
 
@@ -56,6 +57,9 @@ class Coco20i(raw.RawBuilder):
                'annotations/instances_val2014.json'),)
   SPLITS = ('train', 'val')
   DEFAULTS = dict(train_split='train', val_split='val', test_split='val', protocol='hsnet')
+  DISPLAY_NAME = 'COCO-20i'
+  PROTOCOLS = {'hsnet': protocols.hsnet(1000, anchors=True), 'uniform': protocols.uniform(1000),
+               'pfenet': protocols.pfenet(20000)}
   CLASS_NAMES = CLASS_NAMES
 
   def items(self, root, split):
@@ -95,3 +99,10 @@ class Coco20i(raw.RawBuilder):
   def split_classes(self, split, fold, training, indexed):
     del split, indexed
     return raw.fold_split(80, fold_classes(fold) if fold >= 0 else (), fold, training)
+
+  def anchor_episodes(self, split, data, by_class, shot, num_episodes, seed):
+    """HSNet's: the class drawn from the fold's, then the query from data/splits/coco/val/fold{f}.pkl."""
+    del split, by_class
+    lists = anchors.read_coco_fold_list(anchors.find_fold_list(data, self.name, 'coco', data.fold, 'pkl'))
+    return anchors.coco_episodes({c: [anchors.coco_id(n) for n in v] for c, v in lists.items()}, data.fold,
+                                 num_episodes, shot, seed)

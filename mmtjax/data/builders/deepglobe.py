@@ -38,7 +38,7 @@ import os
 
 import numpy as np
 
-from mmtjax.data import transforms
+from mmtjax.data import protocols, transforms
 from mmtjax.data.builders import raw
 from mmtjax.errors import UserError
 
@@ -86,6 +86,10 @@ class Deepglobe(raw.RawBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
   LAYOUTS = (PREPROCESSED, ('train',))
   CLASS_NAMES = CLASS_NAMES
+  DISPLAY_NAME = 'Deepglobe'
+  PROTOCOLS = {'hsnet': protocols.hsnet(600, anchors=True), 'uniform': protocols.uniform(600)}
+  SUITES = ('patnet',)
+  ANCHOR_SORT_SUFFIX = '.jpg'  # PATNet sorts a class's files by the image's name
 
   def is_root(self, path):
     layout = super().is_root(path)

@@ -12,12 +12,15 @@ import contextlib
 import dataclasses
 import io
 import multiprocessing
+import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from mmtjax.data import synthetic, transforms
-from mmtjax.data.builders import construction
+from mmtjax.data.builders import construction, dataset
+from mmtjax.data.split_data import SplitData
+from mmtjax.errors import UserError
 
 
 @dataclasses.dataclass
@@ -36,8 +39,14 @@ def _make(args):
                  'classes': classes.astype(np.int32), 'areas': counts.astype(np.int32)}
 
 
-class MmtjaxShapes(tfds.core.GeneratorBasedBuilder):
-  """Textured shapes: a source domain of five styles (20 classes) and a shifted target (6 classes)."""
+class MmtjaxShapes(dataset.Dataset, tfds.core.GeneratorBasedBuilder):
+  """Textured shapes: a source domain of five styles (20 classes) and a shifted target (6 classes).
+
+  The library's default dataset (configs/default.py): built from code, its
+  test protocol the config's own ('custom'). Its source splits have folds
+  (synthetic.fold_classes); fold -1 trains on the source and tests on the
+  target domain.
+  """
 
   VERSION = tfds.core.Version('2.0.0')
   RELEASE_NOTES = {'2.0.0': 'Source images in five styles (synthetic.SOURCE_STYLES).'}
@@ -46,6 +55,43 @@ class MmtjaxShapes(tfds.core.GeneratorBasedBuilder):
       ShapesConfig(name='tiny', description='32 px, 1/10 of the images (tests)',
                    image_size=32, fraction=0.1),
   ]
+
+  DISPLAY_NAME = 'shapes'
+  SPLITS = tuple(synthetic.SPLITS)
+  GENERATED = True
+  DEFAULT = True
+  RECORD_IDS = False
+
+  @classmethod
+  def defaults(cls, fold):
+    return dict(train_split='source_train', val_split='source_test',
+                test_split='target_test' if fold < 0 else 'source_test', protocol='custom')
+
+  @classmethod
+  def check_split(cls, split):
+    if split not in synthetic.SPLITS:
+      raise UserError(f'unknown split {split!r} of {cls.name}; choose from {list(synthetic.SPLITS)}')
+
+  @classmethod
+  def generate(cls, data) -> MmtjaxShapes:
+    return load_builder(data.get('builder_config', 'default'), data.data_dir)
+
+  @classmethod
+  def describe(cls):
+    return 'embedded: built from code (source and target domains)'
+
+  def names(self):
+    return synthetic.CLASS_NAMES
+
+  def split_data(self, data, source, index, split, requested, training, tested_elsewhere):
+    """A source split's fold: its base classes train, its novel ones test; the target's all."""
+    del requested, tested_elsewhere
+    classes = synthetic.SPLITS[split].classes
+    if data.fold >= 0 and synthetic.SPLITS[split].domain == 'source':
+      novel = synthetic.fold_classes(data.fold)
+      classes = tuple(c for c in classes if (c not in novel) == training)
+    return SplitData(source, index, classes, self.name, split, os.fspath(self.data_dir), self.names(),
+                     builder=self)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(

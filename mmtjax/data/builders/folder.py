@@ -29,8 +29,12 @@ import hashlib
 import os
 import re
 
+import numpy as np
+
+from mmtjax.data import episodes
 from mmtjax.data.builders import raw
-from mmtjax.errors import UserError
+from mmtjax.data.split_data import SplitData, open_source
+from mmtjax.errors import UserError, warn
 
 NUM_FOLDS = 4  # as PASCAL-5i; fewer when there are fewer classes (one class per fold)
 VAL_EVERY = 4  # without split folders: every 4th image of a training class is validation-only
@@ -70,13 +74,86 @@ def _images_and_masks(folder: str) -> tuple[list[str], dict[str, str]]:
   return images, masks
 
 
+def role(requested: str, training: bool) -> str:
+  """What a split of a user's own dataset is read for: 'train', 'val' or 'test'."""
+  return 'val' if requested == 'val' else 'train' if training or requested == 'train' else 'test'
+
+
+def name_list(names: tuple[str, ...], classes) -> str:
+  return ', '.join(names[c - 1] if 0 < c <= len(names) else str(c) for c in classes)
+
+
+def own_split(built, split: str) -> str | None:
+  """The built split of a user's root serving `split`: itself, or for a root without split
+  folders its one split (ALL) for every split name."""
+  if split in built:
+    return split
+  return ALL if list(built) == [ALL] and split in SPLIT_FOLDERS else None
+
+
 class Folder(raw.RawBuilder):
   """A user's own data (see the module docstring for the layout)."""
 
   DOWNLOAD_PAGE = 'your own files (README: "Use your own data")'
   MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
   SEARCH_DEPTH = 0
+  SPLITS = (*SPLIT_FOLDERS, ALL)
   DEFAULTS = dict(train_split='train', val_split='val', test_split='test', protocol='custom')
+  OWN_DATA = True
+
+  @classmethod
+  def config_name(cls, manual_dir, layout):
+    del layout
+    return config_name(manual_dir)
+
+  @classmethod
+  def layouts_text(cls):
+    return '{CLASS/x.jpg, CLASS/x_mask.png} or the same under {train, val, test}/'
+
+  def built_split(self, split):
+    return own_split(self.info.splits, split)
+
+  def split_data(self, data, source, index, split, requested, training, tested_elsewhere):
+    """A user's folder as a target (data.target_only): every class a test class. As its own
+    source it is few-shot by construction: without split folders its classes are split into
+    folds (fold_classes; data.fold -1 means fold 0), the fold's classes are tested, the others
+    train, and every VAL_EVERY-th image of a training class is validation-only. With split
+    folders, a test split sharing classes with train is a warning."""
+    if data.get('target_only'):
+      return super().split_data(data, source, index, split, requested, training, tested_elsewhere)
+    purpose = role(requested, training)
+    names = self.names()
+    listed = functools.partial(name_list, names)
+    where = os.fspath(self.data_dir)
+    if split != ALL:
+      if data.fold >= 0:
+        raise UserError(f'folder: {data.manual_dir} has split folders, which choose the classes; data.fold must '
+                        f'be -1 (drop the split folders to split its classes into folds)')
+      classes = tuple(sorted(index))
+      if purpose == 'test' and 'train' in self.info.splits:
+        seen = set(episodes.cached_class_index(open_source(self, 'train'), where, 'train', data.min_pixels,
+                                               data.get('image_size')))
+        shared = sorted(seen & set(classes))
+        if shared:
+          warn(f"folder: the {split} split shares {len(shared)} of its {len(classes)} classes with train "
+               f"({listed(shared)}): these are not unseen classes, so this is not a few-shot evaluation; "
+               f"move them out of {split}/ or drop the split folders to split the classes into folds")
+      return SplitData(source, index, classes, self.name, split, where, names, builder=self)
+    fold = max(data.fold, 0)
+    novel = fold_classes(len(names), fold)
+    base = tuple(c for c in range(1, len(names) + 1) if c not in novel)
+    folds = min(NUM_FOLDS, len(names))
+    note = (f'fold {fold} of {folds} over the {len(names)} classes (no split folders): testing {listed(novel)}; '
+            f'training on {listed(base)}, every {VAL_EVERY}th image of each held out for validation '
+            f'(--config.data.fold=0..{folds - 1} picks another fold)')
+    if purpose == 'test':
+      classes, kept = novel, {c: index[c] for c in novel if c in index}
+    else:
+      classes = base
+      kept = {c: np.asarray([r for i, r in enumerate(sorted(index[c])) if
+                             (i % VAL_EVERY == VAL_EVERY - 1) == (purpose == 'val')], np.int64)
+              for c in base if c in index}
+    return SplitData(source, kept, classes, self.name, split, where, names, note, builder=self)
 
   def _split_dirs(self, root: str) -> dict[str, str]:
     found = {s: os.path.join(root, s) for s in SPLIT_FOLDERS if os.path.isdir(os.path.join(root, s))}

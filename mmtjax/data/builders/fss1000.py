@@ -23,6 +23,7 @@ import functools
 import importlib.resources
 import os
 
+from mmtjax.data import anchors, protocols
 from mmtjax.data.builders import raw
 
 SPLITS = ('train', 'val', 'test')
@@ -56,6 +57,21 @@ class Fss1000(raw.RawBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
   SPLITS = SPLITS
   DEFAULTS = dict(train_split='train', val_split='val', test_split='test', protocol='hsnet')
+  DISPLAY_NAME = 'FSS-1000'
+  # Every test image the query once (2400 episodes): HSNet's order, or mmtjax's sampler's.
+  PROTOCOLS = {'hsnet': protocols.hsnet(None, anchors=True), 'uniform': protocols.uniform(None, order='each_query')}
+  SUITES = ('patnet',)
+
+  @classmethod
+  def layouts_text(cls):
+    return '{CLASS/1.jpg, CLASS/1.png} for its 1000 class folders'
+
+  def anchor_episodes(self, split, data, by_class, shot, num_episodes, seed):
+    """HSNet's and PATNet's: every test image the query once, classes and files in name order."""
+    del data, num_episodes
+    stems = {c: [n.split('/', 1)[1] for n in by_class[c]] for c in sorted(by_class)}
+    return [(c, f'{split.class_name(c)}/{q}', tuple(f'{split.class_name(c)}/{s}' for s in sup))
+            for c, q, sup in anchors.fss_episodes(stems, shot, seed)]
 
   def class_names(self, root=None):
     del root

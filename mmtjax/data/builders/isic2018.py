@@ -28,6 +28,7 @@ import csv
 import functools
 import os
 
+from mmtjax.data import protocols
 from mmtjax.data.builders import raw
 
 CLASS_NAMES = ('nevus', 'melanoma', 'seborrheic_keratosis')
@@ -63,6 +64,10 @@ class Isic2018(raw.RawBuilder):
   # PATNet's class folders first: a tree that has them is read as PATNet reads it.
   LAYOUTS = ((f'{IMAGES}/1', f'{IMAGES}/2', f'{IMAGES}/3', MASKS), (IMAGES, MASKS))
   CLASS_NAMES = CLASS_NAMES
+  DISPLAY_NAME = 'ISIC2018'
+  PROTOCOLS = {'hsnet': protocols.hsnet(600, anchors=True), 'uniform': protocols.uniform(600)}
+  SUITES = ('patnet',)
+  ANCHOR_SORT_SUFFIX = '.jpg'  # PATNet sorts a class's files by the image's name
   def _class_list_path(self, root: str) -> str:
     if self.class_list:
       path = os.path.expanduser(self.class_list)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import os
 
+from mmtjax.data import anchors, protocols
 from mmtjax.data.builders import raw
 
 CLASS_NAMES = ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair',
@@ -46,6 +47,9 @@ class Pascal5i(raw.RawBuilder):
   CLASS_NAMES = CLASS_NAMES
   SPLITS = ('train', 'val')
   DEFAULTS = dict(train_split='train', val_split='val', test_split='val', protocol='hsnet')
+  DISPLAY_NAME = 'PASCAL-5i'
+  PROTOCOLS = {'hsnet': protocols.hsnet(1000, anchors=True), 'uniform': protocols.uniform(1000),
+               'pfenet': protocols.pfenet(5000)}
 
   def items(self, root, split):
     with open(os.path.join(root, 'ImageSets/Segmentation/val.txt')) as f:
@@ -64,3 +68,9 @@ class Pascal5i(raw.RawBuilder):
   def split_classes(self, split, fold, training, indexed):
     del split, indexed
     return raw.fold_split(20, fold_classes(fold) if fold >= 0 else (), fold, training)
+
+  def anchor_episodes(self, split, data, by_class, shot, num_episodes, seed):
+    """HSNet's: its fold list data/splits/pascal/val/fold{f}.txt, entry i % len the query of episode i."""
+    del split, by_class
+    path = anchors.find_fold_list(data, self.name, 'pascal', data.fold, 'txt')
+    return anchors.fold_list_episodes(anchors.read_pascal_fold_list(path), num_episodes, shot, seed)

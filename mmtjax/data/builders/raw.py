@@ -31,6 +31,8 @@ from PIL import Image
 
 from mmtjax import progress
 from mmtjax.data import transforms
+from mmtjax.data.builders import dataset
+from mmtjax.data.split_data import SplitData
 from mmtjax.errors import UserError, warn
 from mmtjax.labels import IGNORE_LABEL
 
@@ -211,13 +213,15 @@ def _missing(root: str, rel: tuple[str, ...]) -> list[str]:
   return [r for r in rel if not os.path.exists(os.path.join(root, r))]
 
 
-class RawBuilder(tfds.core.GeneratorBasedBuilder):
+class RawBuilder(dataset.Dataset, tfds.core.GeneratorBasedBuilder):
   """Base of the raw-data builders: finding the data root, parallel decoding, build report.
 
   A builder names the paths a data root holds (LAYOUTS: one tuple per accepted
   layout, e.g. the raw challenge files or PATNet's preprocessed tree). The
   user's manual_dir may be that root or a folder up to SEARCH_DEPTH levels
-  above it (an archive's top-level folder, VOCdevkit/VOC2012, ...).
+  above it (an archive's top-level folder, VOCdevkit/VOC2012, ...). What is
+  true of the dataset (splits, protocols, names) it declares as a
+  dataset.Dataset.
   """
 
   VERSION = tfds.core.Version('1.1.0')
@@ -225,10 +229,6 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
   DOWNLOAD_PAGE = ''
   LAYOUTS: tuple[tuple[str, ...], ...] = ((),)  # Paths under the root, one tuple per layout.
   CLASS_NAMES: tuple[str, ...] = ()  # Class id c is CLASS_NAMES[c - 1].
-  SPLITS: tuple[str, ...] = ('test',)
-  # The splits a config uses when it names none: train (None: a test-only target dataset),
-  # val, test, and the published test protocol.
-  DEFAULTS = dict(train_split=None, val_split=None, test_split='test', protocol='hsnet')
   NUM_WORKERS = 8
   SEARCH_DEPTH = 3
   class_list: str | None = None  # A class list file the builder reads (ISIC: PATNet's class_id.csv).
@@ -303,6 +303,35 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
     return (f'{self.name}: no data root at or up to {self.SEARCH_DEPTH} levels below {top}: looked for '
             f'a folder holding {wanted}{hint} (layout: the {self.name} builder docstring); download '
             f'from {self.DOWNLOAD_PAGE}')
+
+  # What the library asks ----------------------------------------------------------------------
+
+  @classmethod
+  def layouts_text(cls) -> str:
+    """The layouts it finds, for the list command."""
+    return ' or '.join('{' + ', '.join(rel) + '}' for rel in cls.LAYOUTS if rel)
+
+  @classmethod
+  def describe(cls) -> str:
+    return f'{cls.DOWNLOAD_PAGE}; finds {cls.layouts_text() or "-"}'
+
+  def configure(self, class_list: str | None, layout) -> None:
+    """The config's options read when building: `class_list` (ISIC: PATNet's class_id.csv) and
+    `layout` (the semantic builder's data.semantic)."""
+    del layout
+    self.class_list = class_list
+
+  def built_split(self, split: str) -> str | None:
+    return split if split in self.info.splits else None
+
+  def names(self) -> tuple[str, ...]:
+    return tuple(self.info.metadata.get('class_names') or self.class_names())
+
+  def split_data(self, data, source, index, split, requested, training, tested_elsewhere):
+    del requested, tested_elsewhere
+    classes = self.split_classes(split, data.fold, training, tuple(sorted(index)))
+    return SplitData(source, index, classes, self.name, split, os.fspath(self.data_dir), self.names(),
+                     builder=self)
 
   # Building ---------------------------------------------------------------------------------
 

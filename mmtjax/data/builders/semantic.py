@@ -45,6 +45,7 @@ import os
 import numpy as np
 
 from mmtjax.data.builders import folder, raw
+from mmtjax.data.split_data import SplitData
 from mmtjax.errors import UserError
 from mmtjax.labels import IGNORE_LABEL
 
@@ -224,14 +225,73 @@ def _index_pixels(path: str) -> np.ndarray:
   return a
 
 
+def test_class_ids(data, names: tuple[str, ...]) -> tuple[int, ...] | None:
+  """data.test_classes (names or 1-based ids, a list or a comma-separated string) as ids, or None."""
+  given = data.get('test_classes')
+  if not given:
+    return None
+  items = [s.strip() for s in given.split(',')] if isinstance(given, str) else list(given)
+  ids = []
+  for item in items:
+    if isinstance(item, int) or (isinstance(item, str) and item.isdigit() and item not in names):
+      c = int(item)
+      if not 1 <= c <= len(names):
+        raise UserError(f'data.test_classes: class id {c} is not among 1..{len(names)}')
+    elif item in names:
+      c = names.index(item) + 1
+    else:
+      raise UserError(f'data.test_classes: {item!r} is not a class of the dataset; it has {list(names)}')
+    ids.append(c)
+  if len(set(ids)) == len(names):
+    raise UserError('data.test_classes names every class: leave at least one class to train on')
+  return tuple(sorted(set(ids)))
+
+
 class Semantic(raw.RawBuilder):
   """A user's label-index (multi-class) dataset (see the module docstring for the layouts)."""
 
   DOWNLOAD_PAGE = 'your own files (README: "Use your own data")'
   MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
   SEARCH_DEPTH = 0
+  SPLITS = folder.Folder.SPLITS
   DEFAULTS = dict(train_split='train', val_split='val', test_split='test', protocol='custom')
-  options: dict = OPTIONS  # data.semantic, checked (set by datasets.load_raw_builder)
+  OWN_DATA = True
+  options: dict = OPTIONS  # data.semantic, checked (set by configure)
+
+  @classmethod
+  def config_name(cls, manual_dir, layout):
+    return config_name(manual_dir, options(layout))
+
+  @classmethod
+  def layouts_text(cls):
+    return ' or '.join('{' + ', '.join(rel) + '}' for rel in AUTO_LAYOUTS)
+
+  @classmethod
+  def check_config(cls, data):
+    options(data.get('semantic'))  # data.semantic: one line naming an unknown or bad field
+    options({k: v for k, v in dict(data.get('test_semantic') or {}).items() if v is not None})
+
+  @classmethod
+  def target_options(cls, data, out):
+    """A semantic target reads its own layout and class list: data.test_semantic over data.semantic."""
+    if not data.get('test_semantic'):
+      return False
+    own = dict(data.get('semantic') or {})
+    theirs = {**own, **{k: v for k, v in dict(data.test_semantic).items() if v is not None}}
+    out.semantic = theirs
+    return theirs != own
+
+  def configure(self, class_list, layout):
+    super().configure(class_list, layout)
+    self.options = options(layout)
+
+  def built_split(self, split):
+    built = self.info.splits
+    if split == 'val' and split not in built and 'train' in built:
+      return 'train'  # no val split: held-out training images validate (split_data)
+    if split == 'test' and split not in built and 'val' in built:
+      return 'val'  # no test split: the val split tests (as PASCAL-5i tests on VOC's val)
+    return folder.own_split(built, split)
 
   def layout_dirs(self, root: str) -> tuple[dict[str, tuple[str, str]], str | None]:
     """({split: (image folder, annotation folder)}, split list pattern or None) of a root."""
@@ -321,3 +381,63 @@ class Semantic(raw.RawBuilder):
   def why_empty(self, root, split):
     img_dir, ann_dir = self.layout_dirs(root)[0][split]
     return f'no image in {img_dir} with an annotation of the same name in {ann_dir}'
+
+  def split_data(self, data, source, index, split, requested, training, tested_elsewhere):
+    """A user's label-index dataset: as a target (data.target_only) every class is a test class.
+
+    As its own source tested on another dataset (`tested_elsewhere`): every
+    class trains. Tested on itself: its classes are split as PASCAL-5i splits
+    its 20 (data.test_classes, else the fold of folder.fold_classes; data.fold
+    -1 means fold 0); training and validation episodes take the other classes
+    (a test class's pixels are background there, as in PASCAL-5i training),
+    test episodes the held-out ones. Without split folders, the test images
+    are those holding a test class and training uses only images without any
+    pixel of one; validation is every folder.VAL_EVERY-th training image (also
+    when there is no val split).
+    """
+    if data.get('target_only'):
+      return super().split_data(data, source, index, split, requested, training, tested_elsewhere)
+    names = self.names()
+    role = folder.role(requested, training)
+    name_list = functools.partial(folder.name_list, names)
+    where = os.fspath(self.data_dir)
+
+    # Validation reads held-out training images when there is no val split of its own.
+    holdout = split == folder.ALL or (split == 'train' and 'val' not in self.info.splits)
+
+    def held_out(kept: dict) -> dict:  # by image (an image holds several classes): train and val apart
+      if not holdout:
+        return kept
+      return {c: np.asarray([r for r in v if (r % folder.VAL_EVERY == folder.VAL_EVERY - 1) == (role == 'val')],
+                            np.int64) for c, v in kept.items()}
+
+    if tested_elsewhere:  # a source for another dataset: all its classes
+      if data.fold >= 0 or data.get('test_classes'):
+        raise UserError('semantic: data.fold / data.test_classes hold classes out for testing on this dataset, '
+                        'but data.test_dataset tests on another; drop one of them')
+      classes = tuple(sorted(index))
+      return SplitData(source, held_out(dict(index)), classes, self.name, split, where, names, builder=self)
+    novel = test_class_ids(data, names)
+    how = 'data.test_classes'
+    if novel is None:
+      fold, folds = max(data.fold, 0), min(folder.NUM_FOLDS, len(names))
+      novel = folder.fold_classes(len(names), fold, 'semantic')
+      how = f'fold {fold} of {folds} (--config.data.fold=0..{folds - 1} picks another, or data.test_classes)'
+    base = tuple(c for c in range(1, len(names) + 1) if c not in novel)
+    note = f'{how}: testing {name_list(novel)}; training on {name_list(base)}'
+    if role == 'test':
+      kept = {c: index[c] for c in novel if c in index}
+      return SplitData(source, kept, novel, self.name, split, where, names, note, builder=self)
+    kept = {c: index[c] for c in base if c in index}
+    if split == folder.ALL:  # test images (any pixel of a test class) never train
+      touched = SplitData(source, index, (), cache_dir=where, name=split).all_index
+      test_images = set().union(*(set(touched[c].tolist()) for c in novel if c in touched))
+      kept = {c: np.asarray([r for r in v if r not in test_images], np.int64) for c, v in kept.items()}
+      note += '; images holding a test class are test-only'
+      if not any(len(v) for v in kept.values()):
+        raise UserError(f'semantic: every image holds one of the test classes ({name_list(novel)}), so none is '
+                        f'left to train on; give split folders or data.test_classes with rarer classes')
+    kept = held_out(kept)
+    if holdout:
+      note += f'; every {folder.VAL_EVERY}th training image held out for validation'
+    return SplitData(source, kept, base, self.name, split, where, names, note, builder=self)

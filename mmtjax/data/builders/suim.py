@@ -24,6 +24,7 @@ import os
 
 import numpy as np
 
+from mmtjax.data import protocols
 from mmtjax.data.builders import raw
 from mmtjax.errors import UserError
 
@@ -51,6 +52,9 @@ class Suim(raw.RawBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
   LAYOUTS = (tuple(f'{p}/{d}' for p in PARTS for d in ('images', 'masks')),)
   CLASS_NAMES = CLASS_NAMES
+  DISPLAY_NAME = 'SUIM'
+  # Not tested by the anchors: (a)'s size and seed, the episode class cycling over the 7 classes.
+  PROTOCOLS = {'hsnet': protocols.hsnet(1000, order='round_robin'), 'uniform': protocols.uniform(1000, order='round_robin')}
 
   def items(self, root, split):
     del split
