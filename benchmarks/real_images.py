@@ -113,6 +113,9 @@ def _config(method: str, shot: int, data: str, weights: str, **fields):
     c.data.test_classes = UNSEEN
     c.data.image_size = IMAGE_SIZE
     c.data.min_pixels = MIN_PIXELS
+    # Every method with flips (MM-Net's CPU variant would take its own scale/rotate/blur): a frozen
+    # backbone's features are then computed once per image (feature_cache.py); chosen as measured.
+    c.data.augment = 'flip'
     c.model.backbone = 'dinov2_vits14'
     c.model.pretrained = weights
     for key, value in fields.items():

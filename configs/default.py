@@ -37,9 +37,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # The method's own sections (model, loss, and e.g. MMT's memory), sized for
   # a CPU; docs/assumptions.md gives the measurements behind their values.
-  for section, fields in methods.get(arg.model).config('cpu').items():
+  method = methods.get(arg.model)
+  for section, fields in method.config('cpu').items():
     config[section] = fields
-  return _shared(config, arg)
+  config = _shared(config, arg)
+  config.data.update(method.data_config('cpu'))  # e.g. MM-Net's own augmentation
+  return config
 
 
 def data_section(dataset: str, shot: int, fold: int, **fields) -> ml_collections.ConfigDict:

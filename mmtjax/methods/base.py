@@ -47,6 +47,12 @@ class Method:
     for the embedded data on a CPU."""
     raise NotImplementedError
 
+  def data_config(self, variant: str = 'paper') -> dict:
+    """Fields of config.data the method's variant sets over the dataset's (e.g. its own
+    augmentation); most methods set none."""
+    del variant
+    return {}
+
   def validate(self, config: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
     """(ok, message) checks of the method's own fields (config_lib runs them)."""
     del config

@@ -61,6 +61,12 @@ class MMNetMethod(Method):
                    reduce_dim=64, prior_stage='layer3')
     return {'model': model, 'loss': dict(aux=1.0, recon=0.1)}
 
+  def data_config(self, variant: str = 'paper') -> dict:
+    """The CPU variant trains its backbone from scratch: with PFENet / MM-Net's own augmentation
+    (scale, rotation, blur, flip, crop) it learns features that reach the embedded target
+    (chosen on the source validation split: docs/assumptions.md, "MM-Net")."""
+    return {'augment': 'mmnet'} if variant == 'cpu' else {}
+
   def validate(self, config: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
     m = config.model
     return [
