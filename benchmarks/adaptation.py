@@ -124,7 +124,6 @@ def speed(a):
   from mmtjax import adapt
   from mmtjax import steps as steps_lib
   from mmtjax.data import episodes as episode_lists
-  from mmtjax.data import protocols
   out = {}
   for model in a.models:
     config = _config(model, a.seeds[0], a.shots[-1], steps=a.adapt_steps or 10)
@@ -133,7 +132,7 @@ def speed(a):
     host = parallel.unreplicate(variables)
     adaptation = adapt.from_config(config, method)
     split = datasets.load_split(config.data, config.data.test_split, training=False)
-    protocol = protocols.test_protocol(datasets.test_data(config.data), config.eval)
+    protocol = datasets.test_protocol(datasets.test_data(config.data), config.eval)
     eps = episode_lists.protocol_episodes(split, datasets.test_data(config.data), protocol, config.data.shot)
     eps = eps[:a.speed_episodes]
     loader = evaluation.episode_loader(split, protocol, config)

@@ -41,7 +41,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mmtjax import cli, config_lib, evaluation, parallel, report_files
-from mmtjax.data import datasets, pipeline, protocols
+from mmtjax.data import datasets, pipeline
 from mmtjax.data.episodes import EpisodeSampler
 from mmtjax.models import get_model
 from mmtjax.state import create_train_state, learning_rate_schedule, trainable_labels
@@ -209,7 +209,7 @@ def run(config, *, steps: int = 30, warmup: int = 3, eval_episodes: int = 256, p
 def _eval(model, rstate, config, episodes: int) -> dict:
   """Evaluation episodes/s on the config's test protocol, --eval_episodes of them."""
   test_data = datasets.test_data(config.data)
-  protocol = protocols.test_protocol(test_data, config.eval)
+  protocol = datasets.test_protocol(test_data, config.eval)
   first = max(1, config.eval.batch_size)
   # The anchors' lists have a fixed length: timing --eval_episodes of them draws the same protocol's
   # size, resize and scoring with mmtjax's sampler instead.

@@ -61,12 +61,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
       (config.compute_dtype in ('float32', 'bfloat16'), "compute_dtype must be 'float32' or 'bfloat16'"),
   ]
   from mmtjax import methods  # Late: keeps config parsing free of the model and data stacks.
-  from mmtjax.data import pipeline, protocols
+  from mmtjax.data import datasets, pipeline
   methods.for_config(config)  # An unknown model name: one line naming the known ones.
   checks += [
       (d.augment in pipeline.AUGMENTS, f'data.augment must be one of {pipeline.AUGMENTS}'),
-      (d.get('protocol') in (None, *protocols.known(d)),
-       f'data.protocol must be one of {protocols.known(d)} (or unset: the test dataset\'s own)'),
+      (d.get('protocol') in (None, *datasets.known_protocols(d)),
+       f'data.protocol must be one of {datasets.known_protocols(d)} (or unset: the test dataset\'s own)'),
   ]
   from mmtjax.models import backbones, vit
   backbone = config.model.get('backbone', '')
@@ -80,7 +80,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
                  f'model.pretrained {pretrained} does not exist; give the path of a weights file (DINOv2: '
                  f'github.com/facebookresearch/dinov2, "Pretrained models"; README: Backbones) or of a run'))
   checks += methods.for_config(config).validate(config)
-  from mmtjax.data import datasets
   for name in datasets.names():  # a field only one dataset reads (data.semantic): one line naming it
     datasets.get(name).check_config(d)
   from mmtjax import adapt

@@ -85,7 +85,7 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
   device, in the eval step.
   """
   e = config.eval
-  protocol = protocol or protocols.test_protocol(datasets.test_data(config.data), e)
+  protocol = protocol or datasets.test_protocol(datasets.test_data(config.data), e)
   kshot = e.get('kshot', 'model')
   n_dev = len(devices) if devices else jax.local_device_count()
   per_device = max(1, -(-e.batch_size // n_dev))

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from mmtjax import adapt, checkpointing, config_lib, methods, parallel
-from mmtjax.data import datasets, protocols, transforms
+from mmtjax.data import datasets, transforms
 from mmtjax.errors import UserError, warn
 from mmtjax.models import get_model
 from mmtjax.state import create_train_state, untrained_variables
@@ -90,7 +90,7 @@ class Predictor:
       raise UserError(f'unknown mode {mode!r}; this model has {list(modes)}')
     self.mode_name, self.mode = mode, modes[mode]
     self.variables = jax.device_put(variables, jax.local_devices()[0])
-    protocol = protocols.test_protocol(datasets.test_data(config.data), config.eval)
+    protocol = datasets.test_protocol(datasets.test_data(config.data), config.eval)
     self.size, self.resize = protocol.image_size, protocol.resize
     self._forward = jax.jit(self._logits)
 

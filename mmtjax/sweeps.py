@@ -23,7 +23,7 @@ from mmtjax import (
   progress,
   reports,
 )
-from mmtjax.data import datasets, protocols
+from mmtjax.data import datasets
 from mmtjax.data import episodes as episode_lists
 from mmtjax.errors import UserError, warn
 from mmtjax.evaluation import evaluate_variables
@@ -247,7 +247,7 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, *, test_datasets: lis
     for shot in shots:
       with cfg.unlocked():
         cfg.data.shot = shot
-      protocol = protocols.test_protocol(datasets.test_data(cfg.data), cfg.eval)
+      protocol = datasets.test_protocol(datasets.test_data(cfg.data), cfg.eval)
       for seed in _parse_seeds(seeds, protocol.seed):
         where, (s, model, host, replicated) = checkpoint(seed)
         chosen = protocol if per_run else dataclasses.replace(protocol, seed=seed)
@@ -342,7 +342,7 @@ def publish(report: dict, runs: Sequence[dict], files: ReportFiles, *, config, t
         cfg = copy.deepcopy(cfg)
         with cfg.unlocked():
           cfg.data.shot = shot
-        protocol = protocols.test_protocol(datasets.test_data(cfg.data), cfg.eval)
+        protocol = datasets.test_protocol(datasets.test_data(cfg.data), cfg.eval)
         protocol = dataclasses.replace(protocol, seed=done[0]['episode_seed'])
         pictures += [p for p, _ in prediction_panels(model, host, cfg, split, protocol, save_predictions,
                                                        panels, f'{name}_{shot}shot', cache, label=name)]

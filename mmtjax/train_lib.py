@@ -329,7 +329,7 @@ def _final_evaluation(model, rstate, config, workdir: str, num_steps: int, devic
   test_data = datasets.test_data(config.data)
   say(f'testing on {test_data.dataset}/{config.data.test_split} ({len(test_split.classes)} classes: '
       f'{", ".join(test_split.class_name(c) for c in test_split.classes)})')
-  protocol = protocols.test_protocol(test_data, config.eval)
+  protocol = datasets.test_protocol(test_data, config.eval)
   protocol = dataclasses.replace(protocol, num_episodes=_capped(protocol.num_episodes, smoke_episodes(config)))
   report = evaluation.evaluate_variables(model, parallel.eval_variables(rstate), config, test_split,
                                        protocol=protocol, devices=devices)
@@ -351,6 +351,6 @@ def _final_evaluation(model, rstate, config, workdir: str, num_steps: int, devic
                                          for m, r in report['results'].items()}})
   log.scalars(num_steps, {f'test/{m}/{k}': r[k] for m, r in report['results'].items() for k in ('miou', 'fb_iou')})
   _log_panels(log, num_steps, 'test', model, rstate, config, test_split,
-              protocols.test_protocol(test_data, config.eval), {})
+              datasets.test_protocol(test_data, config.eval), {})
   log.close()
   return report

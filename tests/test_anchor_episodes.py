@@ -150,7 +150,7 @@ def test_list_files_bad_input_and_the_report_hash(tmp_path):
   data = ml_collections.ConfigDict(dict(dataset='isic2018', data_dir=str(tmp_path / 'tfds'), manual_dir=str(root),
                                         fold=-1, min_pixels=1, protocol='hsnet'))
   split = datasets.load_split(data, 'test', training=False)
-  protocol = protocols.test_protocol(data, ml_collections.ConfigDict(dict(num_episodes=1, seed=0)))
+  protocol = datasets.test_protocol(data, ml_collections.ConfigDict(dict(num_episodes=1, seed=0)))
   with pytest.raises(UserError, match='class 3: class has no image other than the query ISIC_0000014'):
     episodes.protocol_episodes(split, data, protocol, 1)
   # The hash: identical lists hash alike; one support changed changes it.
@@ -165,7 +165,7 @@ def test_list_files_bad_input_and_the_report_hash(tmp_path):
   pascal = ml_collections.ConfigDict(dict(dataset='pascal5i', data_dir=str(tmp_path / 'tfds'), fold=0,
                                           manual_dir=str(tmp_path / 'voc'), min_pixels=1, protocol='hsnet'))
   val = datasets.load_split(pascal, 'val', training=False)
-  proto = protocols.test_protocol(pascal, ml_collections.ConfigDict(dict(num_episodes=1, seed=0)))
+  proto = datasets.test_protocol(pascal, ml_collections.ConfigDict(dict(num_episodes=1, seed=0)))
   with pytest.raises(UserError, match=r"replays HSNet's episode list data/splits/pascal/val/fold0.txt"):
     episodes.protocol_episodes(val, pascal, proto, 1)
   with open(tmp_path / 'fold0.txt', 'w') as f:

@@ -620,7 +620,6 @@ def test_a_test_dataset_override_takes_the_targets_own_split():
 def test_the_episodes_command_lists_the_evaluations_episodes_without_flags(tmp_path, capsys):
   """Its defaults are the config's (protocol, min_pixels, episode count and seed): same SHA-256."""
   from configs import default
-  from mmtjax.data import protocols
   _folder_tree(tmp_path / 'mine', classes=('ant', 'bee', 'cat'), n=6)
   config = default.get_config('dataset=folder')
   config.data.update(dict(data_dir=str(tmp_path / 'tfds'), manual_dir=str(tmp_path / 'mine')))
@@ -628,7 +627,7 @@ def test_the_episodes_command_lists_the_evaluations_episodes_without_flags(tmp_p
   test = datasets.test_data(config.data)
   split = datasets.load_split(test, config.data.test_split, training=False)
   lines = episodes.episode_lines(episodes.protocol_episodes(
-      split, test, protocols.test_protocol(test, config.eval), config.data.shot), split)
+      split, test, datasets.test_protocol(test, config.eval), config.data.shot), split)
   episodes_cmd.main(['--dataset', 'folder', '--manual_dir', str(tmp_path / 'mine'), '--data_dir',
                  str(tmp_path / 'tfds'), '--out', str(tmp_path / 'list.jsonl')])
   assert f'(sha256 {episodes.list_sha256(lines)})' in capsys.readouterr().out

@@ -107,8 +107,8 @@ def test_a_dataset_declares_what_the_library_asks(cells):
   assert datasets.defaults('tiny_cells') == TinyCells.DEFAULTS and datasets.display_name('tiny_cells') == 'Tiny Cells'
   data = tiny_config('', 'dataset=tiny_cells').data
   data.protocol = 'cells'
-  assert protocols.test_protocol(data, None).num_episodes == 5 and 'cells' in protocols.known(data)
+  assert datasets.test_protocol(data, None).num_episodes == 5 and 'cells' in datasets.known_protocols(data)
   data.protocol = 'pfenet'
   with pytest.raises(Exception, match=r"protocol 'pfenet' is defined for \['coco20i', 'pascal5i'\], not 'tiny_cells'"):
-    protocols.test_protocol(data, None)
+    datasets.test_protocol(data, None)
   assert datasets.display_name('pascal5i') == 'PASCAL-5i' and datasets.display_name('my_label') == 'my_label'

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mmtjax import metrics, report_files, reports, sweeps, tensorboard_events
-from mmtjax.data import datasets, episodes, protocols
+from mmtjax.data import datasets, episodes
 from mmtjax.errors import UserError
 from tests.conftest import tiny_config
 
@@ -90,7 +90,7 @@ def test_mean_and_std_over_seeds_equal_numpy():
 def test_a_shot_count_larger_than_a_test_class_allows_is_one_line(tfds_dir):
   config = tiny_config(tfds_dir)
   split = datasets.load_split(config.data, 'target_test', training=False)
-  protocol = protocols.test_protocol(config.data, config.eval)
+  protocol = datasets.test_protocol(config.data, config.eval)
   with pytest.raises(UserError, match=r'50-shot episodes need 51 images of each test class; 6 of 6 classes'):
     episodes.protocol_episodes(split, config.data, protocol, 50)
 

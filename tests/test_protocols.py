@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mmtjax import metrics, ops
-from mmtjax.data import episodes, pipeline, protocols, transforms
+from mmtjax.data import datasets, episodes, pipeline, transforms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,27 +49,27 @@ def test_test_lists_are_seeded_and_supports_differ_from_the_query(order):
 def test_protocol_table():
   data = ml_collections.ConfigDict(dict(dataset='pascal5i', image_size=473, protocol='pfenet'))
   ev = ml_collections.ConfigDict(dict(num_episodes=10, seed=5))
-  p = protocols.test_protocol(data, ev)
+  p = datasets.test_protocol(data, ev)
   assert (p.num_episodes, p.seed, p.image_size, p.resize, p.original_resolution) == (
       5000, 321, 473, 'longer_side_pad', True)
   data.protocol = 'hsnet'
   for dataset, n in (('pascal5i', 1000), ('deepglobe', 600), ('isic2018', 600), ('chest_xray', 600)):
     data.dataset = dataset
-    p = protocols.test_protocol(data, ev)
+    p = datasets.test_protocol(data, ev)
     assert (p.num_episodes, p.seed, p.image_size, p.resize, p.order) == (n, 0, 400, 'square', 'anchors')
   data.dataset = 'fss1000'
-  assert protocols.test_protocol(data, ev).order == 'anchors'
+  assert datasets.test_protocol(data, ev).order == 'anchors'
   data.dataset = 'suim'  # Not tested by the anchors: mmtjax's sampler, classes in turn.
-  assert protocols.test_protocol(data, ev).order == 'round_robin'
+  assert datasets.test_protocol(data, ev).order == 'round_robin'
   data.protocol = 'uniform'  # mmtjax's sampler with the anchors' counts, size and seed.
-  assert protocols.test_protocol(data, ev).order == 'round_robin'
+  assert datasets.test_protocol(data, ev).order == 'round_robin'
   data.dataset = 'fss1000'
-  assert protocols.test_protocol(data, ev).order == 'each_query'
+  assert datasets.test_protocol(data, ev).order == 'each_query'
   data.dataset = 'isic2018'
-  assert (protocols.test_protocol(data, ev).order, protocols.test_protocol(data, ev).num_episodes) == ('random', 600)
+  assert (datasets.test_protocol(data, ev).order, datasets.test_protocol(data, ev).num_episodes) == ('random', 600)
   data.protocol = 'pfenet'
   with pytest.raises(ValueError, match="'pfenet' is defined for"):
-    protocols.test_protocol(data, ev)
+    datasets.test_protocol(data, ev)
 
 
 def _pair(h=37, w=53, seed=0):

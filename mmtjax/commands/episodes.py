@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _write_list(args) -> None:
   import ml_collections
 
-  from mmtjax.data import datasets, episodes, protocols
+  from mmtjax.data import datasets, episodes
   if os.path.exists(args.out):
     raise UserError(f'--out {args.out} exists; choose another path (lists are never overwritten)')
   data = ml_collections.ConfigDict(dict(
@@ -70,7 +70,7 @@ def _write_list(args) -> None:
   if args.seed < 0:
     raise UserError(f'--seed must be >= 0, got {args.seed}')
   split = datasets.load_split(data, data.test_split, training=False)
-  protocol = protocols.test_protocol(data, ml_collections.ConfigDict(dict(num_episodes=args.num_episodes,
+  protocol = datasets.test_protocol(data, ml_collections.ConfigDict(dict(num_episodes=args.num_episodes,
                                                                           seed=args.seed)))
   lines = episodes.episode_lines(episodes.protocol_episodes(split, data, protocol, args.shot), split)
   tmp = f'{args.out}.tmp{os.getpid()}'

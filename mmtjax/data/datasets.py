@@ -23,7 +23,7 @@ import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
 from mmtjax import progress
-from mmtjax.data import episodes
+from mmtjax.data import episodes, protocols
 from mmtjax.data.builders import (
   chest_xray,
   coco20i,
@@ -96,6 +96,29 @@ def defaults(dataset: str, fold: int = -1) -> dict:
   """A dataset's own splits and test protocol: what a config gets for the fields it leaves None.
   train_split None marks a test-only (target) dataset."""
   return get(dataset).defaults(fold)
+
+
+def test_protocol(data: ml_collections.ConfigDict, eval_cfg: ml_collections.ConfigDict) -> protocols.Protocol:
+  """The protocol of config.data.protocol for config.data.dataset: the dataset's own declaration
+  (its builder's PROTOCOLS), or 'custom' from the config."""
+  name, dataset = data.get('protocol') or 'custom', data.dataset
+  if name == 'custom':
+    return protocols.Protocol('custom', eval_cfg.num_episodes, eval_cfg.seed, data.image_size, 'square')
+  declared = get(dataset)
+  if name not in known_protocols(data):
+    raise UserError(f'data.protocol must be one of {known_protocols(data)}, got {name!r}')
+  if name == 'pfenet' and name not in declared.PROTOCOLS:
+    having = sorted(n for n in names() if name in get(n).PROTOCOLS)
+    raise UserError(f"protocol 'pfenet' is defined for {having}, not {dataset!r}")
+  return declared.protocol(name)
+
+
+def known_protocols(data: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The protocol names a config may give: the published ones, 'custom', and any protocol of its
+  own that its dataset or test dataset declares."""
+  own = [p for n in (data.get('dataset'), data.get('test_dataset')) if n in names()
+         for p in get(n).PROTOCOLS]
+  return tuple(dict.fromkeys((*protocols.PROTOCOLS, *own)))
 
 
 def test_data(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

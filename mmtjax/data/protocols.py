@@ -1,8 +1,8 @@
 """Published test protocols: how many episodes, which seed, which resize, which scoring.
 
 Each dataset declares its own (its builder's PROTOCOLS, built with `hsnet`,
-`uniform` and `pfenet` below, or a protocol of its own); `test_protocol`
-asks the config's test dataset. The published ones:
+`uniform` and `pfenet` below, or a protocol of its own);
+datasets.test_protocol asks the config's test dataset. The published ones:
 
 (a) HSNet / PATNet ('hsnet'): images and masks resized to 400 x 400, seed 0,
     1000 episodes (PASCAL-5i, COCO-20i), 600 (Deepglobe, ISIC2018, Chest
@@ -24,10 +24,6 @@ config (the embedded dataset's default).
 from __future__ import annotations
 
 import dataclasses
-
-import ml_collections
-
-from mmtjax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,28 +59,3 @@ def uniform(num_episodes: int | None, *, order: str = 'random') -> Protocol:
 def pfenet(num_episodes: int) -> Protocol:
   """(b): longer side 473, padded, seed 321, scored at the original label resolution."""
   return Protocol('pfenet', num_episodes, 321, 473, 'longer_side_pad', original_resolution=True)
-
-
-def test_protocol(data: ml_collections.ConfigDict, eval_cfg: ml_collections.ConfigDict) -> Protocol:
-  """The protocol of config.data.protocol for config.data.dataset: the dataset's own declaration
-  (its builder's PROTOCOLS), or 'custom' from the config."""
-  from mmtjax.data import datasets  # the registry imports the builders, which import this module
-  name, dataset = data.get('protocol') or 'custom', data.dataset
-  if name == 'custom':
-    return Protocol('custom', eval_cfg.num_episodes, eval_cfg.seed, data.image_size, 'square')
-  declared = datasets.get(dataset)
-  if name not in known(data):
-    raise UserError(f'data.protocol must be one of {known(data)}, got {name!r}')
-  if name == 'pfenet' and name not in declared.PROTOCOLS:
-    having = sorted(n for n in datasets.names() if name in datasets.get(n).PROTOCOLS)
-    raise UserError(f"protocol 'pfenet' is defined for {having}, not {dataset!r}")
-  return declared.protocol(name)
-
-
-def known(data: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The protocol names a config may give: the published ones, 'custom', and any protocol of its
-  own that its dataset or test dataset declares."""
-  from mmtjax.data import datasets
-  own = [p for n in (data.get('dataset'), data.get('test_dataset')) if n in datasets.names()
-         for p in datasets.get(n).PROTOCOLS]
-  return tuple(dict.fromkeys((*PROTOCOLS, *own)))
