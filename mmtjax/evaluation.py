@@ -22,6 +22,7 @@ from mmtjax import (
   ops,
   parallel,
   progress,
+  training_log,
 )
 from mmtjax.data import datasets, pipeline, protocols
 from mmtjax.data import episodes as episode_lists
@@ -143,6 +144,7 @@ def evaluate_variables(model, variables: Any, config: ml_collections.ConfigDict,
     if not n_batch:
       first_batch_s = time.perf_counter() - start
     meter.update(min(len(episodes), (n_batch + 1) * per_batch))  # its ETA leaves out the first (compiling) batch
+    training_log.raise_if_sigterm()  # train.py's final evaluation: a SIGTERM whose exception was dropped
   total = time.perf_counter() - start
   if features is not None:
     logging.info('evaluation, fixed backbone: %s', features.stats())

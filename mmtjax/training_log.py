@@ -4,6 +4,7 @@ value's step."""
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -105,15 +106,45 @@ def first_nonfinite(pending: list[tuple[int, dict]]) -> tuple[int, str, float] |
   return None
 
 
+_SIGTERM_MESSAGE = ('received SIGTERM before the first training step; nothing new was saved; '
+                    'rerun the same command to continue')
+_sigterm_received = False  # set by raise_on_sigterm's handler, read by raise_if_sigterm and StopSignal
+
+
 def raise_on_sigterm() -> None:
   """SIGTERM raises errors.Terminated (main thread only): used outside the training loop,
-  where there is nothing to save (setup) or the state is already saved (final evaluation)."""
+  where there is nothing to save (setup) or the state is already saved (final evaluation).
+
+  Python runs the handler between two bytecodes of the main thread, which may be inside a
+  gc callback (JAX registers one) or a __del__, where an exception is printed and dropped:
+  there it only sets the flag that `raise_if_sigterm` (the evaluation loop, each batch) and
+  `StopSignal` (the training loop) read, so the signal is never lost nor shown as a traceback.
+  """
   if threading.current_thread() is threading.main_thread():
     def handler(signum, frame):
-      del signum, frame
-      raise Terminated('received SIGTERM before the first training step; nothing new was saved; '
-                       'rerun the same command to continue')
+      global _sigterm_received
+      del signum
+      _sigterm_received = True
+      if not _drops_exceptions(frame):  # else raised at the next raise_if_sigterm, without a traceback
+        raise Terminated(_SIGTERM_MESSAGE)
     signal.signal(signal.SIGTERM, handler)
+
+
+def _drops_exceptions(frame) -> bool:
+  """Whether an exception raised in `frame` ends printed and dropped: a gc callback or a __del__
+  on the stack catches it."""
+  callbacks = {getattr(cb, '__code__', None) for cb in gc.callbacks}
+  while frame is not None:
+    if frame.f_code in callbacks or frame.f_code.co_name == '__del__':
+      return True
+    frame = frame.f_back
+  return False
+
+
+def raise_if_sigterm() -> None:
+  """Raises errors.Terminated if raise_on_sigterm's handler ran, even where its own raise was dropped."""
+  if _sigterm_received:
+    raise Terminated(_SIGTERM_MESSAGE)
 
 
 class StopSignal:
@@ -131,6 +162,8 @@ class StopSignal:
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
+    if _sigterm_received:  # a SIGTERM during setup whose exception was dropped (see raise_on_sigterm)
+      self.received = signal.SIGTERM
     return self
 
   def __exit__(self, *exc):

@@ -1,6 +1,7 @@
 """Bad input and faults: one line per error, nothing overwritten, one trainer per workdir."""
 
 import errno
+import gc
 import json
 import os
 import signal
@@ -12,8 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from mmtjax import checkpointing, cli, config_lib, parallel, report_files, sweeps, train_lib
-from mmtjax.errors import UserError
+from mmtjax import checkpointing, cli, config_lib, parallel, report_files, sweeps, train_lib, training_log
+from mmtjax.errors import Terminated, UserError
 from mmtjax.models import get_model
 from mmtjax.state import create_train_state, learning_rate_schedule, trainable_labels
 from tests.conftest import state_like, tiny_config
@@ -253,6 +254,36 @@ def test_sigterm_during_the_final_evaluation_exits_0_in_one_line(tfds_dir, tmp_p
   assert out.strip().splitlines() == [out.strip().splitlines()[-1]]
   assert 'received SIGTERM during the final evaluation' in out and 'Traceback' not in out
   assert checkpointing.Checkpoints(workdir, create=False).latest_step() == 2
+
+
+def test_sigterm_inside_a_gc_callback_is_raised_at_the_next_check(monkeypatch):
+  # What CI once hit: the handler ran inside JAX's gc callback, which printed and dropped its
+  # exception, and the final evaluation went on for minutes.
+  dropped = []
+  monkeypatch.setattr(sys, 'unraisablehook', dropped.append)
+  monkeypatch.setattr(training_log, '_sigterm_received', False)
+  previous = signal.getsignal(signal.SIGTERM)
+  armed = [True]
+
+  def callback(phase, info):
+    if phase == 'start' and armed:
+      armed.pop()
+      os.kill(os.getpid(), signal.SIGTERM)
+      for _ in range(1000):  # the handler runs between two of these bytecodes
+        pass
+
+  try:
+    training_log.raise_on_sigterm()
+    gc.callbacks.append(callback)
+    gc.collect()
+  finally:
+    gc.callbacks.remove(callback)
+    signal.signal(signal.SIGTERM, previous)
+  assert not armed and not dropped
+  with pytest.raises(Terminated, match='received SIGTERM'):
+    training_log.raise_if_sigterm()
+  with training_log.StopSignal() as stop:
+    assert stop.should_stop(0)
 
 
 # --- start-up: the command lines answer --help without JAX, and keep a compile cache ----------
