@@ -64,7 +64,7 @@ def straight_run(tfds_dir, tmp_path_factory):
   """4 steps in one run on 4 devices: the reference for the resume tests."""
   workdir = str(tmp_path_factory.mktemp('straight'))
   config = tiny_config(tfds_dir)
-  train_lib.train_and_evaluate(config, workdir)
+  train_lib.train(config, workdir)
   return _final_state(config, workdir)
 
 
@@ -74,7 +74,7 @@ def test_interrupted_run_equals_uninterrupted(tfds_dir, tmp_path, straight_run):
   assert train_lib.train_and_evaluate(config, workdir, stop_after_steps=1) is None
   assert train_lib.train_and_evaluate(config, workdir, stop_after_steps=2) is None
   assert checkpointing.Checkpoints(workdir).all_steps() == [2, 3]  # max_to_keep=2
-  train_lib.train_and_evaluate(config, workdir)
+  train_lib.train(config, workdir)
   step, state = _final_state(config, workdir)
   assert step == straight_run[0] == 4
   # Same devices, same episodes, same rng: bit-identical.
@@ -129,7 +129,7 @@ def test_guarded_step_leaves_state_unchanged(tfds_dir):
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tfds_dir, tmp_path, capsys):
   config = tiny_config(tfds_dir)
   workdir = str(tmp_path)
-  train_lib.train_and_evaluate(config, workdir)  # checkpoints 2, 4
+  train_lib.train(config, workdir)  # checkpoints 2, 4 (the fallback is training's: no test evaluation)
   state_dir = os.path.join(workdir, 'checkpoints', '4', 'state')
   for root, _, files in os.walk(state_dir):  # A half-written copy: every file cut short.
     for name in files:
@@ -138,7 +138,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tfds_dir, tmp_path, ca
         f.truncate(os.path.getsize(path) // 2)
   config.train.num_steps = 6
   capsys.readouterr()
-  train_lib.train_and_evaluate(config, workdir)
+  train_lib.train(config, workdir)
   err = capsys.readouterr().err
   warnings = [line for line in err.splitlines() if 'unreadable' in line]
   assert len(warnings) == 1 and warnings[0].startswith('warning: ')  # One line, no traceback.
