@@ -239,8 +239,9 @@ def test_an_all_background_shot_is_finite_and_down_weighted():
   config = _mmnet_config(3)
   model = get_model(config)
   support, labels, query, query_labels = _batch(2, 3, 32, empty_shot=2)
-  variables = jax.jit(lambda *a: model.init(jax.random.PRNGKey(0), *a, train=False))(support, labels, query)
-  out = jax.jit(lambda v, *a: model.apply(v, *a, train=False))(variables, support, labels, query)
+  # init_with_output: the forward pass with the initial variables, compiled once (not init, then apply).
+  out, variables = jax.jit(lambda *a: model.init_with_output(jax.random.PRNGKey(0), *a, train=False))(
+      support, labels, query)
   assert np.all(np.isfinite(out['logits']))
   weights = np.asarray(out['shot_weights'])  # [B, K, h, w]
   np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-5)
